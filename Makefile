@@ -1,0 +1,52 @@
+# ArtSeg developer and user entry points.
+#   make demo   - create .venv if needed, then run the end-to-end demo on a generated phantom plate
+#   make test   - create .venv if needed (with CellProfiler and ImageJ), then run the test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/pip install --disable-pip-version-check -q
+CONS   := -c requirements/constraints-cellprofiler.txt
+SRC    := setup.cfg setup.py requirements/constraints.txt requirements/constraints-cellprofiler.txt
+
+.PHONY: all venv test demo cellprofiler imagej bench clean
+
+all: test
+
+# Base environment: the engine, the CLI and the test tools (idempotent: re-runs only when the inputs change).
+$(VENV)/.stamp-base: $(SRC)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) --upgrade "pip<25" wheel "setuptools<81"
+	$(PIP) $(CONS) -e ".[test,bench,fiji,dask]"
+	$(BIN)/python -c "import torch, numpy; assert torch.__version__.startswith('2.13.0'), torch.__version__; print('torch', torch.__version__, 'numpy', numpy.__version__)"
+	touch $@
+
+venv: $(VENV)/.stamp-base
+
+# CellProfiler 4.2.8.1 headless, following requirements/cellprofiler.txt (see README "CellProfiler").
+$(VENV)/.stamp-cellprofiler: $(VENV)/.stamp-base requirements/cellprofiler.txt
+	$(PIP) $(CONS) "numpy<2" "cython<3.2"
+	$(PIP) $(CONS) --no-build-isolation python-javabridge==4.0.5
+	$(PIP) $(CONS) --no-deps cellprofiler==4.2.8.1 cellprofiler-core==4.2.8.1
+	$(PIP) $(CONS) -r requirements/cellprofiler.txt
+	touch $@
+
+cellprofiler: $(VENV)/.stamp-cellprofiler
+
+# ImageJ 1.x from Debian plus a virtual display, for the Fiji/ImageJ tests.
+imagej:
+	@if [ -f /usr/share/java/ij.jar ] && command -v xvfb-run >/dev/null; then echo "ImageJ present"; else \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq imagej libij-java xvfb xauth >/dev/null) \
+	  || echo "WARNING: could not install ImageJ; ImageJ tests will be skipped"; fi
+
+test: $(VENV)/.stamp-base $(VENV)/.stamp-cellprofiler imagej
+	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
+
+demo: $(VENV)/.stamp-base
+	$(BIN)/artseg demo --out demo_out
+
+bench: $(VENV)/.stamp-base
+	$(BIN)/python bench/scorecam.py --quick
+	$(BIN)/python bench/unet.py --quick
+
+clean:
+	rm -rf $(VENV) demo_out .pytest_cache

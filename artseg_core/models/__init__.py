@@ -1,0 +1,1 @@
+"""Plain torch modules: no training code, no I/O."""

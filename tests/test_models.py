@@ -5,7 +5,9 @@ import pytest
 import torch
 from torch import nn
 
+from artseg_core import fastpath
 from artseg_core.models import resnet as R
+from artseg_core.models import unet as U
 
 # ---------------------------------------------------------------------------------------------
 # ResNet: expected torchvision layout, written out from the architecture (He et al. 2016;
@@ -137,6 +139,173 @@ def test_load_torchvision_state_dict_strict_errors():
 
 
 def test_engine_models_do_not_import_torchvision():
-    for path in (R.__file__,):
+    for path in (R.__file__, U.__file__, fastpath.__file__):
         src = open(path, encoding="utf-8").read()
         assert "import torchvision" not in src and "from torchvision" not in src, path
+
+
+# ---------------------------------------------------------------------------------------------
+# U-Net (Ali et al., Sci Rep 2022): 15 encoder conv3x3, 3 bottleneck, 15 decoder conv3x3, 64 filters
+# ---------------------------------------------------------------------------------------------
+
+
+def _conv_params(cin, cout, k=3):
+    return k * k * cin * cout + cout
+
+
+def _unet_params(cin=1, cout=1, w=64, levels=5, n=3):
+    """Parameters from the architecture formula: the first encoder conv maps cin->w, the first conv of
+    every decoder level sees the upsampled features concatenated with the skip (2w), head is 1x1."""
+    enc = _conv_params(cin, w) + (levels * n - 1) * _conv_params(w, w)
+    bott = n * _conv_params(w, w)
+    dec = levels * (_conv_params(2 * w, w) + (n - 1) * _conv_params(w, w))
+    return enc + bott + dec + _conv_params(w, cout, k=1)
+
+
+def test_paper_unet_layer_and_parameter_counts():
+    m = U.paper_unet()
+    assert U.count_conv_layers(m) == {"encoder": 15, "bottleneck": 3, "decoder": 15, "head": 1, "total": 34}
+    assert sum(p.numel() for p in m.parameters()) == _unet_params()
+    convs = [c for c in m.modules() if isinstance(c, nn.Conv2d)]
+    assert all(c.out_channels == 64 for c in convs[:-1]) and convs[-1].kernel_size == (1, 1)
+    assert m.divisor == 32
+
+
+@pytest.mark.parametrize("w,levels,n", [(16, 3, 2), (8, 4, 3), (32, 2, 1)])
+def test_unet_variant_counts(w, levels, n):
+    m = U.ArtSegUNet(width=w, levels=levels, convs_per_level=n)
+    c = U.count_conv_layers(m)
+    assert (c["encoder"], c["bottleneck"], c["decoder"]) == (levels * n, n, levels * n)
+    assert sum(p.numel() for p in m.parameters()) == _unet_params(w=w, levels=levels, n=n)
+
+
+def test_paper_unet_pools_after_every_third_conv():
+    m = U.paper_unet().eval()
+    sizes = []
+    for c in m.modules():
+        if isinstance(c, nn.Conv2d) and c.kernel_size == (3, 3):
+            c.register_forward_hook(lambda mod, i, o: sizes.append(tuple(o.shape[-2:])))
+    with torch.no_grad():
+        y = m(torch.randn(1, 1, 64, 96))
+    assert y.shape == (1, 1, 64, 96)
+    expect = [(64 >> (i // 3), 96 >> (i // 3)) for i in range(15)]
+    expect += [(2, 3)] * 3
+    expect += [(64 >> (4 - j // 3), 96 >> (4 - j // 3)) for j in range(15)]
+    assert sizes == expect
+
+
+def test_unet_gradients_reach_every_parameter():
+    torch.manual_seed(0)
+    m = U.ArtSegUNet(width=8)
+    x = torch.randn(2, 1, 64, 64)
+    target = (torch.rand(2, 1, 64, 64) > 0.5).float()
+    loss = nn.functional.binary_cross_entropy_with_logits(m(x), target)
+    loss.backward()
+    for name, p in m.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+def test_unet_probability_is_sigmoid_of_logits():
+    m = U.ArtSegUNet(width=8, levels=3).eval()
+    x = torch.randn(1, 1, 32, 40)
+    with torch.no_grad():
+        p, z = m.probability(x), m(x)
+    assert p.dtype == torch.float32 and p.min() >= 0 and p.max() <= 1
+    assert torch.allclose(p, torch.sigmoid(z))
+
+
+def test_unet_scale_runs_on_area_downsampled_input_and_upsamples_logits():
+    torch.manual_seed(1)
+    fast = U.ArtSegUNet(width=16, levels=3, scale=2).eval()
+    inner = U.ArtSegUNet(width=16, levels=3, scale=1).eval()
+    inner.load_state_dict(fast.state_dict())
+    assert fast.divisor == 16
+    x = torch.randn(1, 1, 48, 64)
+    with torch.no_grad():
+        y = fast(x)
+        small = inner(x.reshape(1, 1, 24, 2, 32, 2).mean(dim=(3, 5)))
+    assert y.shape == x.shape
+    ref = nn.functional.interpolate(small, size=(48, 64), mode="bilinear", align_corners=False)
+    assert torch.allclose(y, ref, atol=1e-5)
+
+
+def test_unet_rejects_bad_shapes_and_arguments():
+    m = U.ArtSegUNet(width=4, levels=2, scale=2)
+    with pytest.raises(ValueError, match="multiples of 8"):
+        m(torch.zeros(1, 1, 20, 16))
+    with pytest.raises(ValueError, match=r"\(N, 1, H, W\)"):
+        m(torch.zeros(1, 3, 16, 16))
+    with pytest.raises(ValueError, match="scale"):
+        U.ArtSegUNet(scale=0)
+    assert U.ArtSegUNet(**m.config()).config() == m.config()
+
+
+def test_unet_channels_last_bf16_matches_fp32():
+    torch.manual_seed(2)
+    m = U.ArtSegUNet(width=16, levels=3).eval()
+    x = torch.rand(1, 1, 64, 64)
+    with torch.no_grad():
+        ref = m(x)
+        mc = m.to(memory_format=torch.channels_last)
+        with fastpath.autocast_context("cpu", enabled=True):
+            y = mc(x.contiguous(memory_format=torch.channels_last))
+    assert y.dtype == torch.bfloat16
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    err = (y.float() - ref).abs().max() / ref.abs().max()
+    assert err < 0.05
+
+
+def test_conv_macs_matches_layer_by_layer_count():
+    m = U.ArtSegUNet(width=8, levels=3, scale=2).eval()
+    macs = []
+
+    def hook(mod, inp, out):
+        macs.append(out.numel() * mod.in_channels * mod.kernel_size[0] * mod.kernel_size[1])
+
+    for c in m.modules():
+        if isinstance(c, nn.Conv2d):
+            c.register_forward_hook(hook)
+    with torch.no_grad():
+        m(torch.zeros(1, 1, 64, 80))
+    assert U.conv_macs(m, 64, 80) == sum(macs)
+
+
+# ---------------------------------------------------------------------------------------------
+# fastpath
+# ---------------------------------------------------------------------------------------------
+
+
+def test_autocast_context_switches_dtype():
+    a = torch.randn(8, 8)
+    with fastpath.autocast_context("cpu", enabled=True):
+        assert (a @ a).dtype == torch.bfloat16
+    with fastpath.autocast_context("cpu", enabled=False):
+        assert (a @ a).dtype == torch.float32
+
+
+def test_bf16_supported_follows_cpu_flags_and_env(monkeypatch):
+    monkeypatch.delenv("ARTSEG_BF16", raising=False)
+    flags = fastpath.cpu_flags()
+    if flags:
+        assert fastpath.bf16_supported("cpu") == bool({"amx_bf16", "avx512_bf16"} & set(flags))
+    monkeypatch.setenv("ARTSEG_BF16", "0")
+    assert fastpath.bf16_supported("cpu") is False
+    with fastpath.autocast_context("cpu"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    monkeypatch.setenv("ARTSEG_BF16", "1")
+    assert fastpath.bf16_supported("cpu") is True
+
+
+def test_set_threads(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        assert fastpath.set_threads(1) == 1
+        monkeypatch.setenv("ARTSEG_THREADS", "2")
+        assert fastpath.set_threads() == 2
+        monkeypatch.delenv("ARTSEG_THREADS")
+        assert fastpath.set_threads() == fastpath.available_cpus()
+        with pytest.raises(ValueError):
+            fastpath.set_threads(0)
+    finally:
+        torch.set_num_threads(before)

@@ -1,0 +1,106 @@
+"""The plate run's tables: one results row per image (from the journal) and one summary row per well."""
+from __future__ import annotations
+
+import csv
+import io as _stdio
+import math
+from pathlib import Path
+from typing import Iterable
+
+__all__ = ["RESULT_COLUMNS", "WELL_COLUMNS", "results_rows", "well_rows", "csv_text", "read_csv_rows", "truthy",
+           "as_float"]
+
+#: location columns first, then what the engine writes for every image (artseg_core.predict_files.CSV_COLUMNS)
+LOCATION_COLUMNS = ["image", "plate", "well", "row", "col", "field", "channel", "plane", "timepoint"]
+ENGINE_COLUMNS = ["p_artifact", "flagged", "segmented", "area_fraction", "n_objects", "focus", "illumination",
+                  "saturation", "defocus", "bad_illumination", "saturated", "status", "error"]
+RESULT_COLUMNS = LOCATION_COLUMNS + ENGINE_COLUMNS + ["mask", "path"]
+QC_FLAGS = ("defocus", "bad_illumination", "saturated")
+WELL_COLUMNS = ["plate", "well", "row", "col", "fields", "ok", "failed", "flagged_fields", "flagged_fraction",
+                "mean_area_fraction", "max_area_fraction", "mean_p_artifact", "qc_flagged_fields",
+                *[f"{f}_fields" for f in QC_FLAGS]]
+
+
+def truthy(v) -> bool:
+    """CSV/JSON booleans: True, "True", "true", "1" -> True."""
+    if isinstance(v, bool):
+        return v
+    if v is None:
+        return False
+    return str(v).strip().lower() in ("true", "1", "yes")
+
+
+def as_float(v) -> float:
+    """A number from a CSV/JSON cell, NaN when empty or not a number."""
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def results_rows(records: dict[str, dict], order: Iterable[str]) -> list[dict]:
+    """Journal records -> result rows, one per image key in ``order`` (keys without a record are skipped)."""
+    rows = []
+    for key in order:
+        rec = records.get(key)
+        if rec is not None:
+            rows.append(dict(rec["row"]))
+    return rows
+
+
+def _mean(xs: list[float]) -> float | str:
+    xs = [x for x in xs if not math.isnan(x)]
+    return round(sum(xs) / len(xs), 6) if xs else ""
+
+
+def well_rows(rows: list[dict]) -> list[dict]:
+    """Per-well summary of result rows: fields, failures, flagged fields, artifact fraction, QC flag counts.
+
+    Failed images count in ``fields`` and ``failed`` only; the means are over images that were processed.
+    """
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((str(r.get("plate", "")), str(r.get("well", ""))), []).append(r)
+    out = []
+    for (plate, well), rs in groups.items():
+        ok = [r for r in rs if r.get("status") == "ok"]
+        flagged = sum(truthy(r.get("flagged")) for r in ok)
+        af = [as_float(r.get("area_fraction")) for r in ok]
+        w = {"plate": plate, "well": well, "row": rs[0].get("row", ""), "col": rs[0].get("col", ""),
+             "fields": len(rs), "ok": len(ok), "failed": len(rs) - len(ok), "flagged_fields": flagged,
+             "flagged_fraction": round(flagged / len(ok), 6) if ok else "",
+             "mean_area_fraction": _mean(af),
+             "max_area_fraction": round(max(af), 6) if af and not all(math.isnan(a) for a in af) else "",
+             "mean_p_artifact": _mean([as_float(r.get("p_artifact")) for r in ok]),
+             "qc_flagged_fields": sum(any(truthy(r.get(f)) for f in QC_FLAGS) for r in ok)}
+        for f in QC_FLAGS:
+            w[f"{f}_fields"] = sum(truthy(r.get(f)) for r in ok)
+        out.append(w)
+
+    def order(w):
+        r, c = w["row"], w["col"]
+        return (w["plate"], int(r) if str(r).isdigit() else 10 ** 9, int(c) if str(c).isdigit() else 10 ** 9,
+                w["well"])
+
+    return sorted(out, key=order)
+
+
+def csv_text(rows: list[dict], columns: list[str]) -> str:
+    """Rows as CSV text with the given columns first and any extra keys after them."""
+    extra = []
+    for r in rows:
+        for k in r:
+            if k not in columns and k not in extra:
+                extra.append(k)
+    buf = _stdio.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns + extra, lineterminator="\n", restval="")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if v is None else v) for k, v in r.items()})
+    return buf.getvalue()
+
+
+def read_csv_rows(path: str | Path) -> list[dict]:
+    """Read a CSV written by :func:`csv_text` (all values as strings)."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))

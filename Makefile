@@ -23,11 +23,18 @@ $(VENV)/.stamp-base: $(SRC)
 venv: $(VENV)/.stamp-base
 
 # CellProfiler 4.2.8.1 headless, following requirements/cellprofiler.txt (see README "CellProfiler").
+# Idempotent: re-runs only when the base environment or requirements/cellprofiler.txt change, and then pip
+# skips what is already installed. python-javabridge is compiled against the venv's numpy<2 (hence
+# --no-build-isolation) and needs a Java JDK; CellProfiler itself is installed without its stale pins.
 $(VENV)/.stamp-cellprofiler: $(VENV)/.stamp-base requirements/cellprofiler.txt
+	@command -v javac >/dev/null || test -n "$$JAVA_HOME" || \
+	  { echo "CellProfiler needs a Java JDK (javac on PATH or JAVA_HOME set), e.g. apt-get install openjdk-17-jdk-headless" >&2; exit 1; }
 	$(PIP) $(CONS) "numpy<2" "cython<3.2"
 	$(PIP) $(CONS) --no-build-isolation python-javabridge==4.0.5
 	$(PIP) $(CONS) --no-deps cellprofiler==4.2.8.1 cellprofiler-core==4.2.8.1
 	$(PIP) $(CONS) -r requirements/cellprofiler.txt
+	$(BIN)/python -c "import numpy, javabridge, bioformats, cellprofiler_core.pipeline, cellprofiler.modules; assert numpy.__version__ < '2', numpy.__version__"
+	$(BIN)/cellprofiler --version
 	touch $@
 
 cellprofiler: $(VENV)/.stamp-cellprofiler

@@ -96,9 +96,7 @@ def _sniff(head: bytes) -> str | None:
 
 
 def _native(a: np.ndarray) -> np.ndarray:
-    if a.dtype.byteorder not in ("=", "|") and a.dtype.byteorder != ("<" if np.little_endian else ">"):
-        a = a.astype(a.dtype.newbyteorder("="))
-    return a
+    return a if a.dtype.isnative else a.astype(a.dtype.newbyteorder("="))
 
 
 def _check_dtype(path: Path, a: np.ndarray) -> None:

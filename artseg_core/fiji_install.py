@@ -1,0 +1,156 @@
+"""``artseg fiji-install``: put the ArtSeg commands into a Fiji or ImageJ 1.x installation.
+
+What goes where (menu: Plugins > ArtSeg):
+
+* ImageJ 1.x (a folder with ``ij.jar`` and ``plugins/``): ``plugins/ArtSeg/Mask_Artifacts.ijm``.
+* Fiji (a folder with ``scripts/`` or a Fiji launcher such as ``ImageJ-linux64``, ``fiji-linux-x64``,
+  ``ImageJ-win64.exe``; ``Fiji.app`` itself or the folder holding it): the macro in the same ImageJ 1.x way,
+  ``Fiji.app/plugins/ArtSeg/Mask_Artifacts.ijm``, so ``run("Mask Artifacts", "...")`` receives its options
+  exactly as in ImageJ 1.x; the Python-mode script as ``Fiji.app/scripts/Plugins/ArtSeg/Mask_Artifacts_Python.py``
+  (menu "Mask Artifacts Python").
+
+Next to each installed script goes ``artseg_command.txt``: the command the macro runs, by default the
+absolute path of this environment's ``artseg`` executable, so ImageJ finds the engine without a PATH.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["install", "detect_layout", "default_artseg_command", "script_sources", "FijiInstallError",
+           "COMMAND_FILE"]
+
+#: file next to the installed scripts holding the command that runs the engine
+COMMAND_FILE = "artseg_command.txt"
+MACRO = "Mask_Artifacts.ijm"
+PY_SCRIPT = "Mask_Artifacts.py"
+PY_INSTALLED = "Mask_Artifacts_Python.py"
+_FIJI_LAUNCHERS = ("ImageJ-linux64", "ImageJ-linux32", "ImageJ-win64.exe", "ImageJ-win32.exe", "ImageJ-macosx",
+                   "fiji-linux-x64", "fiji-linux-arm64", "fiji-windows-x64.exe", "fiji-windows-arm64.exe",
+                   "fiji-macos", "fiji")
+
+
+class FijiInstallError(ValueError):
+    """The target is not a Fiji or ImageJ folder, or the scripts cannot be found/written."""
+
+
+def script_sources() -> Path:
+    """The folder holding ``Mask_Artifacts.ijm`` and ``Mask_Artifacts.py`` in this installation.
+
+    The repository's ``fiji_scripts/`` (source checkout or editable install), else the copy a wheel installs
+    under ``<prefix>/share/artseg/fiji_scripts``.
+    """
+    cands = [Path(__file__).resolve().parents[1] / "fiji_scripts",
+             Path(sys.prefix) / "share" / "artseg" / "fiji_scripts"]
+    for c in cands:
+        if (c / MACRO).is_file():
+            return c
+    raise FijiInstallError("the ArtSeg ImageJ scripts were not found (looked in "
+                           + ", ".join(str(c) for c in cands) + "); reinstall artseg")
+
+
+def detect_layout(target_dir: str | os.PathLike) -> tuple[str, Path]:
+    """Tell a Fiji from an ImageJ 1.x folder.
+
+    Returns
+    -------
+    kind : {"fiji", "imagej"}
+    root : pathlib.Path
+        The installation folder (``Fiji.app`` when given the folder that holds it).
+
+    Raises
+    ------
+    FijiInstallError
+        The folder does not exist or is neither (the message says what was looked for).
+    """
+    d = Path(target_dir).expanduser()
+    if not d.is_dir():
+        raise FijiInstallError(f"{d}: no such folder (give the Fiji.app or ImageJ folder)")
+    for root in (d, d / "Fiji.app", d / "Fiji"):
+        if not root.is_dir():
+            continue
+        if ((root / "scripts").is_dir() or any((root / x).exists() for x in _FIJI_LAUNCHERS)
+                or ((root / "Contents" / "MacOS").is_dir() and (root / "jars").is_dir())):
+            return "fiji", root.resolve()
+    if (d / "ij.jar").is_file() and (d / "plugins").is_dir():
+        return "imagej", d.resolve()
+    if (d / "ij.jar").is_file():
+        raise FijiInstallError(f"{d}: has ij.jar but no plugins/ folder; create {d / 'plugins'} (ImageJ's "
+                               "plugins folder) and run again")
+    raise FijiInstallError(f"{d}: neither a Fiji folder (Fiji.app with scripts/ or a Fiji launcher such as "
+                           "ImageJ-linux64) nor an ImageJ 1.x folder (ij.jar and plugins/)")
+
+
+def _quote(path: str) -> str:
+    if os.name == "nt":
+        return f'"{path}"' if (" " in path and not path.startswith('"')) else path
+    return shlex.quote(path)
+
+
+def default_artseg_command() -> str:
+    """How ImageJ should run this environment's engine: the absolute path of its ``artseg`` executable.
+
+    Falls back to ``<python> -m artseg_core.cli`` when no ``artseg`` script is installed next to the Python
+    interpreter or on the PATH. Paths are quoted for the shell the macro uses (sh, or cmd on Windows).
+    """
+    exe_dir = Path(sys.executable).parent
+    names = ("artseg.exe", "artseg") if os.name == "nt" else ("artseg",)
+    for folder in (exe_dir, exe_dir / "Scripts", exe_dir.parent / "bin"):
+        for n in names:
+            if (folder / n).is_file() and os.access(folder / n, os.X_OK):
+                return _quote(str((folder / n).absolute()))
+    found = shutil.which("artseg")
+    if found:
+        return _quote(str(Path(found).absolute()))
+    return f"{_quote(str(Path(sys.executable).absolute()))} -m artseg_core.cli"
+
+
+def install(target_dir: str | os.PathLike, artseg_command: str | None = None) -> list[Path]:
+    """Install the ArtSeg commands into a Fiji or ImageJ 1.x folder.
+
+    Parameters
+    ----------
+    target_dir : path
+        ``Fiji.app`` (or the folder holding it) or an ImageJ 1.x folder (``ij.jar`` + ``plugins/``).
+    artseg_command : str, optional
+        Shell command the macro runs for the engine (quote paths with spaces); default
+        :func:`default_artseg_command`.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files written (scripts and command files). Re-running overwrites them.
+
+    Raises
+    ------
+    FijiInstallError
+        Not a Fiji/ImageJ folder, scripts missing, an empty command, or a folder that cannot be written.
+    """
+    kind, root = detect_layout(target_dir)
+    src = script_sources()
+    cmd = (artseg_command if artseg_command is not None else default_artseg_command()).strip()
+    if not cmd or "\n" in cmd:
+        raise FijiInstallError(f"invalid artseg command {artseg_command!r}: give one line, e.g. /path/to/artseg")
+    note = (f"# Written by `artseg fiji-install` on {time.strftime('%Y-%m-%d %H:%M')}: the command Mask Artifacts "
+            "runs for the ArtSeg engine.\n# Edit the next line to use another environment.\n")
+    plan = [(root / "plugins" / "ArtSeg", [(src / MACRO, MACRO)])]
+    if kind == "fiji":
+        py = src / PY_SCRIPT
+        if py.is_file():
+            plan.append((root / "scripts" / "Plugins" / "ArtSeg", [(py, PY_INSTALLED)]))
+    written: list[Path] = []
+    try:
+        for dest, files in plan:
+            dest.mkdir(parents=True, exist_ok=True)
+            for source, name in files:
+                shutil.copyfile(source, dest / name)
+                written.append(dest / name)
+            (dest / COMMAND_FILE).write_text(note + cmd + "\n", encoding="utf-8")
+            written.append(dest / COMMAND_FILE)
+    except OSError as e:
+        raise FijiInstallError(f"{root}: cannot write the ArtSeg scripts: {e}") from e
+    return written

@@ -27,8 +27,8 @@ Artifact kinds (:data:`ARTIFACT_KINDS`) and what the mask covers:
     halo; some bright refractile crystals with a dark rim; some low-contrast blurred dust. Mask: the speck plus
     its halo.
 ``fibre``
-    Thin (1-4 px) long smoothly curved lines, 60 px up to longer than the field: dark, bright-centred, or
-    blurred and faint. Mask: the line widened by its blur.
+    Thin (1-3.5 px) long smoothly curved lines, 60 px up to longer than the field: dark, bright-centred, or
+    blurred, wider (up to 6 px) and faint. Mask: the line widened by its blur.
 ``bubble``
     Round air bubbles with a dark ring, a bright inner rim, interference fringes near the rim and a bright,
     low-contrast interior in which the cells are only faintly seen. Mask: the disc and its ring.
@@ -40,7 +40,7 @@ Artifact kinds (:data:`ARTIFACT_KINDS`) and what the mask covers:
     with strong halos, and a faint brightness ring at the edge of the region. Mask: where the defocused
     rendering has non-zero weight.
 ``blotch``
-    A smooth irregular darker (70 %) or brighter stain/illumination region, 6-35 % contrast, mottled, sometimes
+    A smooth irregular stain/illumination region, darker (70 %, 6-35 %) or brighter (5-15 %), mottled, sometimes
     with a darker tide mark. Mask: where the multiplicative change is non-zero.
 
 Sizes run from a few dozen pixels (debris) to about half of the field (bubble, defocus, blotch).
@@ -129,10 +129,23 @@ def _smoothstep(x: np.ndarray) -> np.ndarray:
     return x * x * (3.0 - 2.0 * x)
 
 
+def _lowpass(x: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian smoothing; for large sigma computed on a block-averaged grid and interpolated back (fast)."""
+    if sigma <= 4.0:
+        return ndi.gaussian_filter(x, sigma)
+    f = int(sigma // 2)
+    H, W = x.shape
+    ph, pw = -H % f, -W % f
+    xp = np.pad(x, ((0, ph), (0, pw)), mode="reflect") if ph or pw else x
+    small = xp.reshape(xp.shape[0] // f, f, xp.shape[1] // f, f).mean(axis=(1, 3))
+    small = ndi.gaussian_filter(small, math.sqrt(max(sigma ** 2 - f * f / 12.0, 0.25)) / f)
+    return ndi.zoom(small, f, order=1, mode="nearest", grid_mode=True)[:H, :W].astype(x.dtype, copy=False)
+
+
 def _bandpass(rng: np.random.Generator, shape: tuple[int, int], s_lo: float, s_hi: float) -> np.ndarray:
     """Unit-variance band-pass Gaussian noise (difference of two Gaussian-smoothed white noises)."""
     n = rng.standard_normal(shape, dtype=np.float32)
-    b = ndi.gaussian_filter(n, s_lo) - ndi.gaussian_filter(n, s_hi) if s_hi > 0 else ndi.gaussian_filter(n, s_lo)
+    b = _lowpass(n, s_lo) - _lowpass(n, s_hi) if s_hi > 0 else _lowpass(n, s_lo)
     sd = float(b.std())
     return b / sd if sd > 0 else b
 
@@ -599,17 +612,17 @@ def _art_defocus(rng: np.random.Generator, ctx: _Ctx) -> _Patch:
     w = _smoothstep((1.0 - rho) / ramp)
     s = ctx.scene
     focus = rng.choice([-1, 1]) * (rng.uniform(0.1, 0.25) if low else rng.uniform(0.2, 0.5))
-    T_def = _brightfield(ndi.gaussian_filter(s.height[bb], sd * 0.5), ndi.gaussian_filter(s.absorb[bb], sd),
+    T_def = _brightfield(ndi.gaussian_filter(s.height[bb], sd * 0.5), _lowpass(s.absorb[bb], sd),
                          focus, max(sd * 0.8, ctx.psf))
     ring = 4.0 * w * (1.0 - w)
     T = (ctx.T[bb] * (1 - w) + T_def * w) * (1.0 + rng.choice([-1, 1]) * rng.uniform(0.02, 0.06) * ring)
-    N = ctx.N[bb] * (1 - w) + ndi.gaussian_filter(ctx.N[bb], sd) * w
+    N = ctx.N[bb] * (1 - w) + _lowpass(ctx.N[bb], sd) * w
     return _Patch(bb, rho < 1.0, T, N)
 
 
 def _art_blotch(rng: np.random.Generator, ctx: _Ctx) -> _Patch:
     H, W = ctx.shape
-    R = _log_uniform(rng, 40.0, max(0.5 * min(H, W), 41.0))
+    R = _log_uniform(rng, 50.0, max(0.5 * min(H, W), 51.0))
     amps, phases = _harmonics(rng, 5, 0.45)
     elong = rng.uniform(1.0, 1.8)
     cy, cx = _place(rng, ctx, R * 0.6)
@@ -619,8 +632,8 @@ def _art_blotch(rng: np.random.Generator, ctx: _Ctx) -> _Patch:
     rho = _shape_rho(dy, dx, rng.uniform(0, math.pi), R, elong, amps, phases)
     mottle = _bandpass(rng, rho.shape, max(R / 8, 3.0), 0)
     rho = rho * (1.0 + 0.06 * mottle)
-    w = _smoothstep((1.0 - rho) / rng.uniform(0.25, 0.6)) * (1.0 + 0.15 * _bandpass(rng, rho.shape, max(R / 6, 3.0), 0))
-    a = -rng.uniform(0.06, 0.35) if rng.random() < 0.7 else rng.uniform(0.05, 0.18)
+    w = _smoothstep((1.0 - rho) / rng.uniform(0.3, 0.7)) * (1.0 + 0.15 * _bandpass(rng, rho.shape, max(R / 6, 3.0), 0))
+    a = -rng.uniform(0.06, 0.35) if rng.random() < 0.7 else rng.uniform(0.05, 0.15)
     f = 1.0 + a * w
     if rng.random() < 0.3:  # dried tide mark at the edge
         f = f - rng.uniform(0.03, 0.08) * np.exp(-(((rho - 0.93) / 0.04) ** 2)) * (rho < 1)

@@ -608,14 +608,14 @@ def _art_defocus(rng: np.random.Generator, ctx: _Ctx) -> _Patch:
     bb = _bbox(cy, cx, ext, ctx.shape)
     dy, dx = _local_grid(bb, cy, cx)
     rho = _shape_rho(dy, dx, rng.uniform(0, math.pi), R, elong, amps, phases)
-    ramp = float(np.clip(0.25 * R, 6.0, 40.0)) / R
+    ramp = float(np.clip(0.35 * R, 8.0, 60.0)) / R
     w = _smoothstep((1.0 - rho) / ramp)
     s = ctx.scene
     focus = rng.choice([-1, 1]) * (rng.uniform(0.1, 0.25) if low else rng.uniform(0.2, 0.5))
     T_def = _brightfield(ndi.gaussian_filter(s.height[bb], sd * 0.5), _lowpass(s.absorb[bb], sd),
                          focus, max(sd * 0.8, ctx.psf))
     ring = 4.0 * w * (1.0 - w)
-    T = (ctx.T[bb] * (1 - w) + T_def * w) * (1.0 + rng.choice([-1, 1]) * rng.uniform(0.02, 0.06) * ring)
+    T = (ctx.T[bb] * (1 - w) + T_def * w) * (1.0 + rng.choice([-1, 1]) * rng.uniform(0.01, 0.035) * ring)
     N = ctx.N[bb] * (1 - w) + _lowpass(ctx.N[bb], sd) * w
     return _Patch(bb, rho < 1.0, T, N)
 

@@ -13,8 +13,10 @@ import os
 from pathlib import Path
 
 import torch
+from torch import nn
 
-__all__ = ["cpu_flags", "bf16_supported", "autocast_context", "set_threads", "available_cpus"]
+__all__ = ["cpu_flags", "bf16_supported", "autocast_context", "set_threads", "available_cpus",
+           "FusedConvReLU2d", "fuse_conv_relu", "prepare_for_inference"]
 
 _BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
@@ -124,3 +126,96 @@ def set_threads(n: int | None = None) -> int:
         raise ValueError(f"thread count must be >= 1, got {n}")
     torch.set_num_threads(int(n))
     return torch.get_num_threads()
+
+
+def _pointwise_conv_op():
+    try:
+        return torch.ops.mkldnn._convolution_pointwise.default
+    except (AttributeError, RuntimeError):  # torch built without oneDNN, or op renamed
+        return None
+
+
+class FusedConvReLU2d(nn.Conv2d):
+    """``Conv2d`` followed by ReLU as one oneDNN primitive (ReLU as a post-op) for inference.
+
+    Same parameters and state_dict keys as the ``Conv2d`` it replaces. Uses
+    ``torch.ops.mkldnn._convolution_pointwise`` (the op torch's own inductor emits for
+    conv+ReLU on CPU) for CPU tensors when no gradient is needed; otherwise, and where the
+    op is missing, runs ``relu(conv2d(x))``. Under CPU autocast it computes in the autocast
+    dtype, as ``Conv2d`` would.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        op = _pointwise_conv_op()
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
+        if op is None or needs_grad or x.device.type != "cpu" or self.padding_mode != "zeros" \
+                or isinstance(self.padding, str):
+            return torch.relu(super().forward(x))
+        w, b = self.weight, self.bias
+        if torch.is_autocast_enabled("cpu"):
+            dt = torch.get_autocast_dtype("cpu")
+            x, w = x.to(dt), w.to(dt)
+            b = None if b is None else b.to(dt)
+        elif x.dtype != w.dtype:
+            raise TypeError(f"input dtype {x.dtype} does not match weight dtype {w.dtype}")
+        return op(x, w, b, list(self.padding), list(self.stride), list(self.dilation), self.groups, "relu", [], "")
+
+
+def fuse_conv_relu(model: nn.Module) -> nn.Module:
+    """Replace every ``Conv2d`` directly followed by ``ReLU`` inside an ``nn.Sequential``.
+
+    The conv becomes a :class:`FusedConvReLU2d` sharing the same parameters and the ReLU an
+    ``nn.Identity``, so the state_dict keys are unchanged. Modifies ``model`` in place and
+    returns it. Meant for inference copies (training still works, through the unfused path).
+    """
+    for seq in list(model.modules()):
+        if not isinstance(seq, nn.Sequential):
+            continue
+        mods = list(seq)
+        for i in range(len(mods) - 1):
+            conv, act = mods[i], mods[i + 1]
+            if type(conv) is nn.Conv2d and isinstance(act, nn.ReLU):
+                fused = FusedConvReLU2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                                        conv.padding, conv.dilation, conv.groups, conv.bias is not None,
+                                        conv.padding_mode, device="meta")
+                fused.weight = conv.weight
+                fused.bias = conv.bias
+                seq[i] = fused
+                seq[i + 1] = nn.Identity()
+    return model
+
+
+def prepare_for_inference(model: nn.Module, device: str | torch.device = "cpu", bf16: bool | None = None,
+                          fuse: bool = True) -> nn.Module:
+    """An inference-ready copy of ``model``: eval mode, ``channels_last``, bf16 weights, fused conv+ReLU.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Not modified.
+    device : str or torch.device
+    bf16 : bool or None
+        Convert the weights to bfloat16 (inputs must then be cast to bf16 too); None =
+        :func:`bf16_supported`.
+    fuse : bool
+        Apply :func:`fuse_conv_relu`.
+
+    Returns
+    -------
+    nn.Module
+        A deep copy with ``requires_grad`` off; ``.artseg_dtype`` names the input dtype it expects.
+    """
+    import copy
+
+    dev = torch.device(device)
+    use_bf16 = bf16_supported(dev) if bf16 is None else bool(bf16)
+    out = copy.deepcopy(model).eval().to(dev)
+    for p in out.parameters():
+        p.requires_grad_(False)
+    if use_bf16:
+        out = out.to(torch.bfloat16)
+    out = out.to(memory_format=torch.channels_last)
+    if fuse:
+        fuse_conv_relu(out)
+    out.artseg_dtype = torch.bfloat16 if use_bf16 else torch.float32
+    return out

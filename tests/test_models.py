@@ -309,3 +309,39 @@ def test_set_threads(monkeypatch):
             fastpath.set_threads(0)
     finally:
         torch.set_num_threads(before)
+
+
+def test_fuse_conv_relu_keeps_keys_and_results():
+    import copy
+
+    torch.manual_seed(3)
+    m = U.ArtSegUNet(width=8, levels=3).eval()
+    f = fastpath.fuse_conv_relu(copy.deepcopy(m))
+    assert sum(isinstance(c, fastpath.FusedConvReLU2d) for c in f.modules()) == 3 * 3 * 2 + 3
+    assert list(f.state_dict()) == list(m.state_dict())
+    x = torch.randn(2, 1, 32, 48)
+    with torch.inference_mode():
+        assert torch.allclose(f(x), m(x), atol=1e-5)
+        with fastpath.autocast_context("cpu", enabled=True):
+            assert f(x).dtype == torch.bfloat16
+    # training through a fused model falls back to conv + relu and gets gradients
+    f.train()
+    f(x).sum().backward()
+    assert all(p.grad is not None for p in f.parameters())
+
+
+def test_prepare_for_inference_bf16_copy():
+    torch.manual_seed(4)
+    m = U.ArtSegUNet(width=16, levels=3).eval()
+    p = fastpath.prepare_for_inference(m, bf16=True)
+    assert next(m.parameters()).dtype == torch.float32 and next(m.parameters()).requires_grad  # original untouched
+    assert p.artseg_dtype == torch.bfloat16 and next(p.parameters()).dtype == torch.bfloat16
+    x = torch.rand(1, 1, 64, 64)
+    with torch.inference_mode():
+        ref = m(x)
+        y = p(x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last))
+    assert y.shape == ref.shape and y.is_contiguous(memory_format=torch.channels_last)
+    assert (y.float() - ref).abs().max() / ref.abs().max() < 0.05
+    p32 = fastpath.prepare_for_inference(m, bf16=False)
+    with torch.inference_mode():
+        assert torch.allclose(p32(x), ref, atol=1e-5)

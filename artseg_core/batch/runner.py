@@ -42,7 +42,7 @@ __all__ = ["run_batch", "BatchSummary", "BatchError", "plan_batch", "finalize", 
 
 JOURNAL, SETTINGS, RESULTS, WELLS, LOG, OUTPUTS = ("journal.jsonl", "batch.json", "results.csv", "wells.csv",
                                                    "batch.log", "outputs")
-log = logging.getLogger("artseg.batch")
+logger = logging.getLogger("artseg.batch")
 
 #: settings that must not change between runs into one output folder (else rows would mix two analyses)
 _FIXED = ("model_sha256", "options", "channel", "name_regex")
@@ -231,6 +231,18 @@ def _set_threads(n: int | None) -> int:
     return set_threads(n)
 
 
+def threads_per_worker(workers: int, cpus: int) -> int:
+    """Torch threads for each of ``workers`` workers: ``ARTSEG_THREADS`` when set, else ``cpus // workers``.
+
+    On a machine shared with other jobs fewer threads than cores are often faster: torch's OpenMP threads wait
+    for each other, and an oversubscribed core stalls them all (``ARTSEG_THREADS=1``).
+    """
+    env = os.environ.get("ARTSEG_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return max(1, cpus // max(1, workers))
+
+
 def _pool_init(model_path: str, sha: str, device: str, threads: int) -> None:
     """Process-pool worker start: ignore Ctrl-C (the parent handles it), set torch threads, load the model."""
     import signal
@@ -253,14 +265,12 @@ def _dask_run(model_path: str, sha: str, device: str, path: str, out_dir: str, n
     return process_file(model, path, out_dir, PredictOptions(**options), name=name)
 
 
-def _dask_worker_threads(n: int) -> int:
-    return _set_threads(n)
-
-
-def _dask_cpus() -> int:
+def _dask_worker_threads(threads_on_host: int) -> int:
+    """Set torch threads in a Dask worker process: its host's CPUs shared by all worker threads on the host
+    (or the worker's own ``ARTSEG_THREADS``)."""
     from ..fastpath import available_cpus
 
-    return available_cpus()
+    return _set_threads(threads_per_worker(threads_on_host, available_cpus()))
 
 
 # ----------------------------------------------------------------------------------------------- backends
@@ -285,7 +295,10 @@ def _job(ctx: _Ctx, t: ImageTask) -> tuple[str, str, str]:
 
 def _run_inprocess(ctx: _Ctx, todo: list[ImageTask]) -> Iterator[tuple[ImageTask, dict]]:
     """One worker in this process: the model is loaded once, files are prefetched by a reader thread."""
-    _set_threads(ctx.cpus)
+    import torch
+
+    before = torch.get_num_threads()
+    _set_threads(threads_per_worker(1, ctx.cpus))
     model = _cached_model(ctx.model_path, ctx.sha, ctx.device)
     pf = _Prefetcher([t.path for t in todo], ctx.prefetch)
     try:
@@ -295,6 +308,7 @@ def _run_inprocess(ctx: _Ctx, todo: list[ImageTask]) -> Iterator[tuple[ImageTask
             yield t, process_file(model, path, out_dir, ctx.options, name=name)
     finally:
         pf.close()
+        torch.set_num_threads(before)
 
 
 def _run_pool(ctx: _Ctx, todo: list[ImageTask]) -> Iterator[tuple[ImageTask, dict]]:
@@ -303,7 +317,7 @@ def _run_pool(ctx: _Ctx, todo: list[ImageTask]) -> Iterator[tuple[ImageTask, dic
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
-    threads = max(1, ctx.cpus // ctx.workers)
+    threads = threads_per_worker(ctx.workers, ctx.cpus)
     ex = ProcessPoolExecutor(max_workers=ctx.workers, mp_context=mp.get_context("spawn"), initializer=_pool_init,
                              initargs=(ctx.model_path, ctx.sha, ctx.device, threads))
     pf = _Prefetcher([t.path for t in todo], ctx.prefetch + 2 * ctx.workers)
@@ -356,7 +370,7 @@ def _run_dask(ctx: _Ctx, todo: list[ImageTask]) -> Iterator[tuple[ImageTask, dic
             raise BatchError(f"cannot reach the Dask scheduler {ctx.scheduler}: {e}") from None
     else:
         cluster = LocalCluster(n_workers=ctx.workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address=None, silence_logs=logging.ERROR)
+                               protocol="tcp", dashboard_address=None, silence_logs=logging.ERROR)
         client = Client(cluster)
     pending: dict = {}
     try:
@@ -364,15 +378,13 @@ def _run_dask(ctx: _Ctx, todo: list[ImageTask]) -> Iterator[tuple[ImageTask, dic
         if not info:
             client.wait_for_workers(1, timeout=60)
             info = client.scheduler_info()["workers"]
-        cpus = client.run(_dask_cpus)
         per_host: dict[str, int] = {}
         for addr, w in info.items():
             per_host[w["host"]] = per_host.get(w["host"], 0) + int(w.get("nthreads", 1))
         for addr, w in info.items():
-            n = max(1, int(cpus.get(addr, 1)) // max(1, per_host[w["host"]]))
-            client.run(_dask_worker_threads, n, workers=[addr])
+            client.run(_dask_worker_threads, per_host[w["host"]], workers=[addr])
         slots = 2 * sum(int(w.get("nthreads", 1)) for w in info.values())
-        log.info("dask: %d workers, %d threads (%s)", len(info), slots // 2, client.scheduler.address)
+        logger.info("dask: %d workers, %d threads (%s)", len(info), slots // 2, client.scheduler.address)
         opts = ctx.options.to_dict()
         it = iter(todo)
         ac = as_completed()
@@ -588,11 +600,11 @@ def run_batch(plate, model_path, out_dir, *, workers: int = 1, scheduler: str | 
         settings["runs"].append(run_info)
         _write_settings(out, settings)
         stale = _remove_stale_temps(out / OUTPUTS)
-        log.info("run start: plate %s (%d images, %d done, %d to do), model %s (sha256 %s), backend %s%s",
+        logger.info("run start: plate %s (%d images, %d done, %d to do), model %s (sha256 %s), backend %s%s",
                  plate, len(man), n_before, len(todo), model_path, sha[:12], backend,
                  f", removed {stale} stale temporary files" if stale else "")
         for note in man.notes:
-            log.info("note: %s", note)
+            logger.info("note: %s", note)
         ctx = _Ctx(out=out, model_path=str(model_path.resolve()), sha=sha, device=device, options=opts,
                    workers=workers, prefetch=prefetch, scheduler=scheduler, dask_local=dask_local,
                    cpus=available_cpus())
@@ -609,7 +621,7 @@ def run_batch(plate, model_path, out_dir, *, workers: int = 1, scheduler: str | 
         try:
             with Journal(out / JOURNAL) as journal:
                 if journal.torn_bytes:
-                    log.warning("journal: dropped a torn last line (%d bytes) from an interrupted run",
+                    logger.warning("journal: dropped a torn last line (%d bytes) from an interrupted run",
                                 journal.torn_bytes)
                 try:
                     for t, row in gen:
@@ -619,19 +631,19 @@ def run_batch(plate, model_path, out_dir, *, workers: int = 1, scheduler: str | 
                         summary.n_processed += 1
                         if full.get("status") != "ok":
                             failed += 1
-                            log.error("failed: %s: %s", t.key, full.get("error", ""))
+                            logger.error("failed: %s: %s", t.key, full.get("error", ""))
                         bar.update(1)
                         if failed:
                             bar.set_postfix(failed=failed, refresh=False)
                         if max_failures is not None and failed >= max_failures:
                             summary.stopped_early = True
-                            log.error("stopping: %d failures reached --max-failures %d", failed, max_failures)
+                            logger.error("stopping: %d failures reached --max-failures %d", failed, max_failures)
                             break
                 finally:
                     gen.close()
         except KeyboardInterrupt:
             summary.interrupted = True
-            log.warning("interrupted by the user after %d images; rerun the same command to continue",
+            logger.warning("interrupted by the user after %d images; rerun the same command to continue",
                         summary.n_processed)
         finally:
             bar.close()
@@ -653,9 +665,9 @@ def run_batch(plate, model_path, out_dir, *, workers: int = 1, scheduler: str | 
             try:
                 summary.report = write_report(out)
             except Exception as e:  # the tables are the product; a report failure must not hide them
-                log.exception("report failed")
+                logger.exception("report failed")
                 summary.notes.append(f"report failed: {type(e).__name__}: {e}")
-        log.info("run end: %s", summary.line())
+        logger.info("run end: %s", summary.line())
         if summary.interrupted:
             raise KeyboardInterrupt
         return summary

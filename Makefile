@@ -8,7 +8,7 @@ PIP    := $(BIN)/pip install --disable-pip-version-check -q
 CONS   := -c requirements/constraints-cellprofiler.txt
 SRC    := setup.cfg setup.py requirements/constraints.txt requirements/constraints-cellprofiler.txt
 
-.PHONY: all venv test demo cellprofiler imagej bench clean
+.PHONY: all venv test demo cellprofiler imagej chromium bench clean
 
 all: test
 
@@ -45,7 +45,13 @@ imagej:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq imagej libij-java xvfb xauth >/dev/null) \
 	  || echo "WARNING: could not install ImageJ; ImageJ tests will be skipped"; fi
 
-test: $(VENV)/.stamp-base $(VENV)/.stamp-cellprofiler imagej
+# Headless Chromium for the plate report's browser test (tests/test_batch_report.py skips without it).
+chromium:
+	@if command -v chromium >/dev/null; then echo "Chromium present"; else \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	  || echo "WARNING: could not install Chromium; the report browser test will be skipped"; fi
+
+test: $(VENV)/.stamp-base $(VENV)/.stamp-cellprofiler imagej chromium
 	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
 
 demo: $(VENV)/.stamp-base

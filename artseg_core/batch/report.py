@@ -68,8 +68,7 @@ def _heatmap(wells: list[dict], value, title: str, label: str, path: Path, vmax:
     ax = fig.add_subplot(1, 1, 1)
     import matplotlib
 
-    cm = matplotlib.colormaps[cmap].copy()
-    cm.set_bad("#d9d9d9")
+    cm = matplotlib.colormaps[cmap].with_extremes(bad="#d9d9d9")
     finite = grid[np.isfinite(grid)]
     top = vmax if vmax is not None else (float(finite.max()) if finite.size and finite.max() > 0 else 1.0)
     im = ax.imshow(np.ma.masked_invalid(grid), cmap=cm, vmin=0, vmax=top, interpolation="nearest")
@@ -85,7 +84,7 @@ def _heatmap(wells: list[dict], value, title: str, label: str, path: Path, vmax:
             for c in range(nc):
                 if np.isfinite(grid[r, c]):
                     v = grid[r, c]
-                    txt = f"{v:.0f}" if float(v).is_integer() and top > 1 else f"{v:.2g}"
+                    txt = f"{v:.0f}" if float(v).is_integer() else f"{v:.3g}"
                     ax.text(c, r, txt, ha="center", va="center", fontsize=6,
                             color="white" if v < 0.6 * top else "black")
     return _save(fig, path)

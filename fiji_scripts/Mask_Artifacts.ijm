@@ -270,15 +270,16 @@ function processRow(row, name, origID, origTitle) {
     nRois = addOutlines(origID, roiPath, parseInt(field(f, "n_objects")));
     if (annotated) {
         selectImage(origID);
+        nOverlay = Overlay.size;
         run("Duplicate...", "title=artseg_annotated");
-        if (Overlay.size == 0) {
+        dupID = getImageID();
+        if (Overlay.size == 0 && nOverlay > 0) {
             selectImage(origID);
-            if (Overlay.size > 0) {
-                Overlay.copy;
-                selectImage("artseg_annotated");
-                Overlay.paste;
-            }
+            Overlay.copy;
+            selectImage(dupID);
+            Overlay.paste;
         }
+        selectImage(dupID);
         saveAs("Tiff", outDir + name + "_artseg.tif");
         close();
     }

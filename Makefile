@@ -39,10 +39,12 @@ $(VENV)/.stamp-cellprofiler: $(VENV)/.stamp-base requirements/cellprofiler.txt
 
 cellprofiler: $(VENV)/.stamp-cellprofiler
 
-# ImageJ 1.x from Debian plus a virtual display, for the Fiji/ImageJ tests.
+# ImageJ 1.x from Debian plus a virtual display (and javac for the tests' MacroRunner), for the Fiji/ImageJ tests.
 imagej:
-	@if [ -f /usr/share/java/ij.jar ] && command -v xvfb-run >/dev/null; then echo "ImageJ present"; else \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq imagej libij-java xvfb xauth >/dev/null) \
+	@if [ -f /usr/share/java/ij.jar ] && command -v xvfb-run >/dev/null && command -v javac >/dev/null; then \
+	  echo "ImageJ present"; else \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq imagej libij-java xvfb xauth \
+	   $$(command -v javac >/dev/null || echo default-jdk-headless) >/dev/null) \
 	  || echo "WARNING: could not install ImageJ; ImageJ tests will be skipped"; fi
 
 # Headless Chromium for the plate report's browser test (tests/test_batch_report.py skips without it).

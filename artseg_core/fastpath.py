@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 __all__ = ["cpu_flags", "bf16_supported", "autocast_context", "set_threads", "available_cpus",
-           "FusedConvReLU2d", "fuse_conv_relu", "prepare_for_inference"]
+           "FusedConvReLU2d", "fuse_conv_relu", "fold_batchnorm", "prepare_for_inference"]
 
 _BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
@@ -185,9 +185,62 @@ def fuse_conv_relu(model: nn.Module) -> nn.Module:
     return model
 
 
+def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    with torch.no_grad():
+        std = torch.sqrt(bn.running_var + bn.eps)
+        gamma = bn.weight if bn.affine else torch.ones_like(std)
+        beta = bn.bias if bn.affine else torch.zeros_like(std)
+        scale = gamma / std
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+        new_bias = beta + (bias - bn.running_mean) * scale
+        conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
+        if conv.bias is None:
+            conv.bias = nn.Parameter(new_bias.to(conv.weight.dtype), requires_grad=conv.weight.requires_grad)
+        else:
+            conv.bias.copy_(new_bias)
+
+
+def fold_batchnorm(model: nn.Module) -> int:
+    """Fold eval-mode BatchNorm2d layers into the convolution before them, in place.
+
+    Recognised pairs: ``convX`` / ``bnX`` children of one module (torchvision ResNet naming,
+    e.g. ``conv1``/``bn1``) and a ``Conv2d`` directly followed by a ``BatchNorm2d`` in an
+    ``nn.Sequential`` (e.g. ``downsample.0/1``). Each folded BN becomes ``nn.Identity``; the
+    conv gets the BN's scale and shift. Only for inference copies: the state_dict changes.
+
+    Returns
+    -------
+    int
+        Number of BatchNorm layers folded.
+
+    Raises
+    ------
+    ValueError
+        If the model is in training mode (batch statistics cannot be folded).
+    """
+    if model.training:
+        raise ValueError("fold_batchnorm needs a model in eval mode (call .eval() first)")
+    n = 0
+    for mod in list(model.modules()):
+        kids = dict(mod.named_children())
+        pairs = []
+        if isinstance(mod, nn.Sequential):
+            names = list(kids)
+            pairs += [(names[i], names[i + 1]) for i in range(len(names) - 1)]
+        pairs += [(k, "bn" + k[4:]) for k in kids if k.startswith("conv") and "bn" + k[4:] in kids]
+        for cname, bname in pairs:
+            conv, bn = getattr(mod, cname), getattr(mod, bname)
+            if type(conv) in (nn.Conv2d, FusedConvReLU2d) and isinstance(bn, nn.BatchNorm2d) \
+                    and bn.track_running_stats and bn.running_mean is not None:
+                _fold_into(conv, bn)
+                setattr(mod, bname, nn.Identity())
+                n += 1
+    return n
+
+
 def prepare_for_inference(model: nn.Module, device: str | torch.device = "cpu", bf16: bool | None = None,
                           fuse: bool = True) -> nn.Module:
-    """An inference-ready copy of ``model``: eval mode, ``channels_last``, bf16 weights, fused conv+ReLU.
+    """An inference-ready copy of ``model``: eval mode, BatchNorm folded, ``channels_last``, bf16, conv+ReLU fused.
 
     Parameters
     ----------
@@ -198,7 +251,7 @@ def prepare_for_inference(model: nn.Module, device: str | torch.device = "cpu", 
         Convert the weights to bfloat16 (inputs must then be cast to bf16 too); None =
         :func:`bf16_supported`.
     fuse : bool
-        Apply :func:`fuse_conv_relu`.
+        Apply :func:`fold_batchnorm` and :func:`fuse_conv_relu`.
 
     Returns
     -------
@@ -212,6 +265,8 @@ def prepare_for_inference(model: nn.Module, device: str | torch.device = "cpu", 
     out = copy.deepcopy(model).eval().to(dev)
     for p in out.parameters():
         p.requires_grad_(False)
+    if fuse:
+        fold_batchnorm(out)  # in fp32, before any bf16 rounding
     if use_bf16:
         out = out.to(torch.bfloat16)
     out = out.to(memory_format=torch.channels_last)

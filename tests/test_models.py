@@ -345,3 +345,30 @@ def test_prepare_for_inference_bf16_copy():
     p32 = fastpath.prepare_for_inference(m, bf16=False)
     with torch.inference_mode():
         assert torch.allclose(p32(x), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("fn,n_bn", [(R.resnet18, 20), (R.resnet50, 53)])
+def test_fold_batchnorm_preserves_resnet_eval_output(fn, n_bn):
+    import copy
+
+    torch.manual_seed(5)
+    m = fn(width=8, num_classes=3)
+    for mod in m.modules():  # non-trivial BN statistics and affine parameters
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.2, 0.2)
+            mod.running_var.uniform_(0.5, 2.0)
+            mod.weight.data.uniform_(0.5, 1.5)
+            mod.bias.data.uniform_(-0.1, 0.1)
+    m.eval()
+    f = copy.deepcopy(m)
+    assert fastpath.fold_batchnorm(f) == n_bn
+    assert not any(isinstance(mod, nn.BatchNorm2d) for mod in f.modules())
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(f(x), m(x), atol=1e-5)
+        p = fastpath.prepare_for_inference(m, bf16=True)
+        y = p(x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)).float()
+    assert (y - m(x)).abs().max() < 0.05 * m(x).abs().max() + 1e-3
+    assert isinstance(p.layer4, nn.Sequential)  # CAM target layer still there
+    with pytest.raises(ValueError, match="eval"):
+        fastpath.fold_batchnorm(fn(width=8).train())

@@ -50,7 +50,7 @@ function main() {
     dummy = call("java.lang.System.setProperty", "artseg.error", "");
     opts = getArgument();
     if (opts == "") {
-        o = call("ij.Macro.getOptions");
+        o = "" + call("ij.Macro.getOptions");  // (a null result would become the number 0 without "" +)
         if (o != "null") opts = o;
     }
     opts = " " + String.trim(opts) + " ";

@@ -262,6 +262,15 @@ def test_missing_input_and_no_model(runner_cp, tmp_path):
     assert proc.returncode == 2 and "no model given" in proc.stdout, _out(proc)
 
 
+def test_menu_click_without_options_asks_with_a_dialog(runner_cp, tmp_path):
+    """No options and ImageJ's GUI (a menu click): the options dialog opens (MacroRunner reports it)."""
+    proc, elapsed = run_macro(runner_cp, str(MACRO), "", gui=True, home=tmp_path)
+    assert proc.returncode == 3, _out(proc)
+    assert "[Mask Artifacts (ArtSeg" in proc.stderr and "Model file" in proc.stderr
+    proc, _ = run_macro(runner_cp, str(MACRO), "", home=tmp_path)  # batch mode: no dialog, a clear error
+    assert proc.returncode == 2 and "no options given" in proc.stdout, _out(proc)
+
+
 # ------------------------------------------------------------------------------------------------ ImageJ -batch
 
 

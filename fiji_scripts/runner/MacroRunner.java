@@ -92,13 +92,18 @@ public class MacroRunner {
                 status = 1;
             }
         }
-        if (gui) {  // print() went to the Log window
-            String log = ij.IJ.getLog();
-            if (log != null) System.out.print(log.endsWith("\n") ? log : log + "\n");
-        }
+        printLog();
         System.out.flush();
         System.err.flush();
         System.exit(status);
+    }
+
+    /** With ImageJ's GUI, print() goes to the Log window: copy it to stdout. */
+    private static void printLog() {
+        if (ij.IJ.getInstance() == null) return;
+        String log = ij.IJ.getLog();
+        if (log != null) System.out.print(log.endsWith("\n") ? log : log + "\n");
+        System.out.flush();
     }
 
     /** Ends the JVM when a dialog would wait for a click, or when the timeout passes. */
@@ -118,12 +123,14 @@ public class MacroRunner {
                         System.err.println("MacroRunner: a dialog opened, which would wait for a click: ["
                                 + ((Dialog) w).getTitle() + "] " + sb.toString().trim());
                         System.err.flush();
+                        printLog();
                         Runtime.getRuntime().halt(3);
                     }
                 }
                 if (System.currentTimeMillis() - start > timeoutMs) {
                     System.err.println("MacroRunner: timeout after " + timeoutMs / 1000.0 + " s");
                     System.err.flush();
+                    printLog();
                     Runtime.getRuntime().halt(124);
                 }
             }

@@ -20,7 +20,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["find_ij_jar", "start_imagej1", "to_imageplus", "from_imageplus", "image_to_array", "mask_to_roi",
+__all__ = ["find_ij_jar", "start_imagej1", "open_imageplus", "to_imageplus", "from_imageplus", "image_to_array", "mask_to_roi",
            "labels_to_rois", "mask_to_rois", "roi_to_mask", "add_to_overlay", "save_rois", "predict_imageplus",
            "run_fiji_script", "ROI_PREFIX"]
 
@@ -110,6 +110,25 @@ def _j(name: str):
 
 
 # ------------------------------------------------------------------------------------------- image conversion
+
+
+def open_imageplus(path: str | os.PathLike):
+    """Open an image file with ImageJ 1.x (``IJ.openImage``).
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    ValueError
+        ImageJ cannot read it.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no such image file")
+    imp = _j("ij.IJ").openImage(str(p))
+    if imp is None:
+        raise ValueError(f"{p}: ImageJ cannot open this file")
+    return imp
 
 
 def to_imageplus(array: np.ndarray, title: str = "image"):

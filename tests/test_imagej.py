@@ -90,6 +90,18 @@ def run_macro(cp: str, *args: str, gui: bool = False, plugins_dir: Path | None =
     return proc, time.monotonic() - t0
 
 
+def imagej_install(tmp_path: Path) -> Path:
+    """A temporary ImageJ 1.x folder (Debian's ij.jar + plugins/) with ArtSeg installed by fiji-install."""
+    from artseg_core.fiji_install import install
+
+    ij_dir = tmp_path / "ImageJ"
+    (ij_dir / "plugins").mkdir(parents=True)
+    shutil.copyfile(IJ_JAR, ij_dir / "ij.jar")
+    written = install(ij_dir)
+    assert ij_dir / "plugins" / "ArtSeg" / "Mask_Artifacts.ijm" in written
+    return ij_dir
+
+
 def _out(proc) -> str:
     return f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
 
@@ -199,13 +211,7 @@ def test_macro_active_image_with_gui(runner_cp, artseg_cmd, images, trained_mode
 def test_menu_command_after_fiji_install(runner_cp, images, trained_model_path, tmp_path):
     """run("Mask Artifacts", ...) in an ImageJ folder prepared by fiji-install; the engine command comes
     from the installed artseg_command.txt, failure is visible to the calling macro."""
-    from artseg_core.fiji_install import install
-
-    ij_dir = tmp_path / "ImageJ"
-    (ij_dir / "plugins").mkdir(parents=True)
-    shutil.copyfile(IJ_JAR, ij_dir / "ij.jar")
-    written = install(ij_dir)
-    assert ij_dir / "plugins" / "ArtSeg" / "Mask_Artifacts.ijm" in written
+    ij_dir = imagej_install(tmp_path)
     out = tmp_path / "out"
     img = images / "field_a.tif"
     caller = ('run("Mask Artifacts", "model=[{model}] input=[{img}] output=[{out}] ' + ENGINE_OPTS + '");'
@@ -224,6 +230,26 @@ def test_menu_command_after_fiji_install(runner_cp, images, trained_model_path, 
     assert proc.returncode == 2, _out(proc)
     assert "ArtSeg failed: the ArtSeg engine failed" in proc.stdout and str(bad) in proc.stdout
     assert elapsed < TIMEOUT - 30
+
+
+def test_readme_macro_example_runs(runner_cp, images, trained_model_path, tmp_path):
+    """The copy-paste macro of docs/fiji.md, with its paths pointed at the test data, in an installed ImageJ."""
+    import re
+
+    doc = (REPO / "docs" / "fiji.md").read_text()
+    code = re.search(r"```javascript\n(.*?)```", doc, re.S).group(1)
+    code = (code.replace("/data/plate1/A01_s1.tif", str(images / "field_a.tif"))
+            .replace("/data/plate1/", f"{images}/").replace("/data/models/model.artseg", str(trained_model_path)))
+    ij_dir = imagej_install(tmp_path)
+    # the example uses the model's calibrated settings (no_gate/threshold are test-only): fewer objects, same code
+    proc, _ = run_macro(runner_cp, "-e", code, plugins_dir=ij_dir, home=tmp_path)
+    assert proc.returncode == 0, _out(proc)
+    assert f"3 images measured; results in {images}/artseg_out/artseg_imagej.csv" in proc.stdout
+    n = int(re.search(r"(\d+) artifact outline\(s\) on field_a.tif", proc.stdout).group(1))
+    # the folder run annotated every image; the active-image run then wrote its own CSV over the folder's
+    assert all((images / "artseg_out" / f"{p.stem}_artseg.tif").is_file() for p in images.glob("*.tif"))
+    rows = read_rows(images / "artseg_out" / "artseg_imagej.csv")
+    assert [r["image"] for r in rows] == ["field_a.tif"] and n == int(rows[0]["n_objects"])
 
 
 # ------------------------------------------------------------------------------------------------ failures
@@ -357,7 +383,7 @@ def _scyjava_check(model_path: str, image_path: str, out_dir: str) -> dict:
         a = (rng.random((7, 9)) * 200).astype(dt)
         res["roundtrip"][np.dtype(dt).name] = bool(np.array_equal(aij.from_imageplus(aij.to_imageplus(a)), a))
 
-    imp = aij._j("ij.IJ").openImage(image_path)
+    imp = aij.open_imageplus(image_path)
     raw = tifffile.imread(image_path)
     res["pixels_equal"] = bool(np.array_equal(aij.image_to_array(imp), raw))
     out = aij.run_fiji_script(imp, model_path, output_dir=out_dir, cleaned="median", threshold=0.25, gate=False)

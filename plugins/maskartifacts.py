@@ -188,7 +188,8 @@ def load_model_cached(path: str, device: str):
         try:
             model = artseg_core.load_model(path, device=device)
         except Exception as exc:  # ModelFileError, OSError, torch device errors: all mean "unusable"
-            raise ModelUnavailableError(f"MaskArtifacts: cannot use ArtSeg model file {path}: {exc}") from exc
+            problem = str(exc) if path in str(exc) else f"{path}: {exc}"
+            raise ModelUnavailableError(f"MaskArtifacts: cannot use the ArtSeg model file {problem}") from exc
         while len(_MODEL_CACHE) >= _MODEL_CACHE_MAX:
             _MODEL_CACHE.pop(next(iter(_MODEL_CACHE)))
         _MODEL_CACHE[key] = model

@@ -209,7 +209,7 @@ function processRow(row, name, origID, origTitle) {
         + field(f, "flagged") + "," + field(f, "n_objects") + "," + field(f, "area_fraction");
     if (status != "ok") {
         noteError(shown + ": " + field(f, "error"));
-        return base + ",,,,,,,,," + csvQuote(field(f, "error"));
+        return base + ",,,,,,,,,," + csvQuote(field(f, "error"));
     }
     if (toLowerCase(field(f, "flagged")) == "true") nFlagged++;
     maskPath = outDir + name + "_mask.tif";
@@ -342,7 +342,7 @@ function finish(lines, show, origID, name) {
         }
     }
     print("ArtSeg: " + lines.length + " image(s), " + nFlagged + " flagged, " + nFailed + " failed; results: " + csvPath);
-    if (nFailed > 0) fail(nFailed + " of " + lines.length + " image(s) failed (see " + csvPath + "); first: " + firstError);
+    if (nFailed > 0) fail("" + nFailed + " of " + lines.length + " image(s) failed (see " + csvPath + "); first: " + firstError);
     dummy = call("java.lang.System.setProperty", "artseg.status", "ok");
 }
 
@@ -422,7 +422,7 @@ function errorLine(base, message) {
     // replace the status field ("ok") of base by "error"
     i = indexOf(base, ",\"ok\",");
     if (i >= 0) base = substring(base, 0, i) + ",\"error\"," + substring(base, i + 6);
-    return base + ",,,,,,,,," + csvQuote(message);
+    return base + ",,,,,,,,,," + csvQuote(message);
 }
 
 function num(v) {
@@ -521,7 +521,9 @@ function parseCsvLine(line) {
         c = substring(line, i, i + 1);
         if (inQuotes) {
             if (c == "\"") {
-                if (i + 1 < n && substring(line, i + 1, i + 2) == "\"") {
+                next = "";  // (&& does not short-circuit in the macro language)
+                if (i + 1 < n) next = substring(line, i + 1, i + 2);
+                if (next == "\"") {
                     cur = cur + "\"";
                     i++;
                 } else inQuotes = false;

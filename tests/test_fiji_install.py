@@ -104,3 +104,18 @@ def test_default_command_runs_this_engine(tmp_path):
 
 def test_script_sources_found():
     assert (script_sources() / "Mask_Artifacts.ijm").is_file()
+
+
+def test_cli_command(tmp_path):
+    """`artseg fiji-install DIR [--artseg-command CMD]`, and its refusal with exit status 2."""
+    from click.testing import CliRunner
+
+    from artseg_core.cli import main
+
+    ij = _imagej_dir(tmp_path / "ImageJ")
+    res = CliRunner().invoke(main, ["fiji-install", str(ij), "--artseg-command", "/x/artseg"])
+    assert res.exit_code == 0, res.output
+    assert f"wrote {ij / 'plugins' / 'ArtSeg' / 'Mask_Artifacts.ijm'}" in res.output
+    assert _command_line(ij / "plugins" / "ArtSeg" / COMMAND_FILE) == "/x/artseg"
+    res = CliRunner().invoke(main, ["fiji-install", str(tmp_path / "nothing")])
+    assert res.exit_code == 2 and "no such folder" in res.output

@@ -281,6 +281,36 @@ def test_missing_engine_command_is_explained(runner_cp, images, trained_model_pa
     assert "could not run" in proc.stdout and "fiji-install" in proc.stdout
 
 
+def test_folder_with_a_broken_image_measures_the_rest_then_fails(runner_cp, artseg_cmd, images,
+                                                                 trained_model_path, tmp_path):
+    folder = tmp_path / "plate"
+    folder.mkdir()
+    shutil.copyfile(images / "field_a.tif", folder / "good.tif")
+    (folder / "broken.tif").write_bytes(b"this is not a TIFF")
+    out = tmp_path / "out"
+    proc, _ = run_macro(runner_cp, str(MACRO), f"model=[{trained_model_path}] folder=[{folder}] output=[{out}] "
+                        f"artseg=[{artseg_cmd}] {ENGINE_OPTS}", home=tmp_path)
+    assert proc.returncode == 2, _out(proc)
+    assert "1 of 2 image(s) failed" in proc.stdout and "broken.tif" in proc.stdout
+    rows = {Path(r["image"]).name: r for r in read_rows(out / "artseg_imagej.csv")}
+    assert rows["broken.tif"]["status"] == "error" and "broken.tif" in rows["broken.tif"]["error"]
+    check_measurements(rows["good.tif"], folder / "good.tif")
+
+
+def test_engine_command_option_is_remembered(runner_cp, images, tmp_path):
+    """artseg=[...] is saved as an ImageJ preference and used by later calls without the option."""
+    bad = tmp_path / "nowhere" / "artseg"
+    opts = f"model=[{tmp_path / 'm.artseg'}] input=[{images / 'field_a.tif'}] output=[{tmp_path / 'out'}]"
+    code = (f'runMacro("{MACRO}", "{opts} artseg=[{bad}]");'
+            'print("FIRST " + call("java.lang.System.getProperty", "artseg.error"));'
+            f'runMacro("{MACRO}", "{opts}");'
+            'print("SECOND " + call("java.lang.System.getProperty", "artseg.error"));')
+    proc, _ = run_macro(runner_cp, "-e", code, home=tmp_path)
+    first = next(ln for ln in proc.stdout.splitlines() if ln.startswith("FIRST "))
+    second = next(ln for ln in proc.stdout.splitlines() if ln.startswith("SECOND "))
+    assert f"could not run `{bad}`" in first and f"could not run `{bad}`" in second, _out(proc)
+
+
 def test_missing_input_and_no_model(runner_cp, tmp_path):
     proc, _ = run_macro(runner_cp, str(MACRO), f"model=[x.artseg] input=[{tmp_path / 'none.tif'}]", home=tmp_path)
     assert proc.returncode == 2 and "input file not found" in proc.stdout, _out(proc)

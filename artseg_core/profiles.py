@@ -1,0 +1,78 @@
+"""Training/prediction profiles: named bundles of network sizes and training budgets.
+
+``paper``  ResNet50 classifier and the paper's U-Net (64 filters, 5 levels x 3 convs) at full resolution
+           (Ali et al., Sci Rep 2022). Accurate but slow on a CPU; meant for a GPU (``--device cuda``).
+``fast``   ResNet18 at half width and a 16-filter, 4-level U-Net on 2x down-sampled input: the CPU profile.
+``tiny``   the smallest thing that learns the phantoms; for tests and smoke runs.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    # classifier
+    arch: str = "resnet18"
+    cls_width: int = 64          # channels of the first ResNet stage (64 = standard)
+    cls_size: int = 256          # images are resized to cls_size x cls_size for the classifier
+    cls_epochs: int = 60
+    cls_batch: int = 16
+    cls_lr: float = 0.002        # Adam, as in the paper
+    cls_plateau: int = 10        # ReduceLROnPlateau(x0.1) patience in epochs
+    cls_early_stop: int = 20     # stop after this many epochs without improvement
+    # Score-CAM pseudo-masks
+    cam_mode: str = "fast"       # exact | paper | fast
+    cam_top_k: int = 32          # channels kept in fast mode
+    edge_refine: bool = True
+    edge_dilation: int = 5
+    # U-Net
+    unet_width: int = 64
+    unet_levels: int = 5
+    unet_scale: int = 1          # input down-sampling factor inside the U-Net
+    unet_tile: int = 512         # training crop side (full-resolution pixels)
+    unet_steps: int = 3000
+    unet_batch: int = 4
+    unet_lr: float = 1e-3
+    # prediction
+    predict_tile: int = 1024
+    predict_overlap: int = 128
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Profile":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def with_overrides(self, **kw) -> "Profile":
+        unknown = set(kw) - {f.name for f in fields(self)}
+        if unknown:
+            raise ValueError(f"unknown profile setting(s): {', '.join(sorted(unknown))}")
+        return replace(self, **{k: v for k, v in kw.items() if v is not None})
+
+
+PROFILES: dict[str, Profile] = {
+    "paper": Profile(name="paper", arch="resnet50", cls_width=64, cls_size=512, cam_mode="exact",
+                     unet_width=64, unet_levels=5, unet_scale=1, unet_tile=512, unet_steps=6000, unet_batch=4,
+                     predict_tile=1024),
+    "fast": Profile(name="fast", arch="resnet18", cls_width=32, cls_size=256, cls_epochs=40, cls_batch=16,
+                    cam_mode="fast", cam_top_k=32, unet_width=16, unet_levels=4, unet_scale=2, unet_tile=256,
+                    unet_steps=600, unet_batch=8, unet_lr=2e-3, predict_tile=1024),
+    "tiny": Profile(name="tiny", arch="resnet18", cls_width=8, cls_size=128, cls_epochs=40, cls_batch=16, cam_mode="fast", cam_top_k=16, unet_width=8, unet_levels=3,
+                    unet_scale=2, unet_tile=128, unet_steps=120, unet_batch=8, unet_lr=3e-3, predict_tile=512),
+}
+
+
+def get_profile(name_or_profile, **overrides) -> Profile:
+    """Return the named profile (``paper``, ``fast``, ``tiny``) with optional setting overrides."""
+    if isinstance(name_or_profile, Profile):
+        p = name_or_profile
+    else:
+        try:
+            p = PROFILES[str(name_or_profile)]
+        except KeyError:
+            raise ValueError(f"unknown profile {name_or_profile!r}; choose one of {', '.join(PROFILES)}") from None
+    return p.with_overrides(**overrides) if overrides else p

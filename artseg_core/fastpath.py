@@ -111,8 +111,8 @@ def set_threads(n: int | None = None) -> int:
     Parameters
     ----------
     n : int or None
-        Threads; None = ``ARTSEG_THREADS`` from the environment, else the number of
-        available CPUs (:func:`available_cpus`).
+        Threads; None = ``ARTSEG_THREADS`` (or else ``OMP_NUM_THREADS``) from the environment, else the
+        number of available CPUs (:func:`available_cpus`).
 
     Returns
     -------
@@ -120,7 +120,7 @@ def set_threads(n: int | None = None) -> int:
         The thread count now in effect.
     """
     if n is None:
-        env = os.environ.get("ARTSEG_THREADS", "").strip()
+        env = os.environ.get("ARTSEG_THREADS", "").strip() or os.environ.get("OMP_NUM_THREADS", "").strip()
         n = int(env) if env.isdigit() and int(env) > 0 else available_cpus()
     if int(n) < 1:
         raise ValueError(f"thread count must be >= 1, got {n}")

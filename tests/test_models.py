@@ -304,6 +304,9 @@ def test_set_threads(monkeypatch):
         monkeypatch.setenv("ARTSEG_THREADS", "2")
         assert fastpath.set_threads() == 2
         monkeypatch.delenv("ARTSEG_THREADS")
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        assert fastpath.set_threads() == 1
+        monkeypatch.delenv("OMP_NUM_THREADS")
         assert fastpath.set_threads() == fastpath.available_cpus()
         with pytest.raises(ValueError):
             fastpath.set_threads(0)

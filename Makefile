@@ -8,7 +8,7 @@ PIP    := $(BIN)/pip install --disable-pip-version-check -q
 CONS   := -c requirements/constraints-cellprofiler.txt
 SRC    := setup.cfg setup.py requirements/constraints.txt requirements/constraints-cellprofiler.txt
 
-.PHONY: all venv test demo cellprofiler imagej chromium bench clean
+.PHONY: all venv test test-numpy2 demo cellprofiler imagej chromium bench clean
 
 all: test
 
@@ -55,6 +55,22 @@ chromium:
 
 test: $(VENV)/.stamp-base $(VENV)/.stamp-cellprofiler imagej chromium
 	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-numpy2
+
+# The engine must also work with numpy 2 (the main .venv has numpy<2 because of CellProfiler): a second,
+# engine-only environment runs the engine's unit tests with numpy>=2.
+NP2 := .venv-np2
+NP2_TESTS := tests/test_io.py tests/test_metrics.py tests/test_quality.py tests/test_phantoms.py \
+	tests/test_postprocess.py tests/test_tiling.py tests/test_inpaint.py tests/test_outputs.py \
+	tests/test_models.py tests/test_modelfile.py tests/test_refine.py
+$(NP2)/.stamp: $(SRC)
+	test -x $(NP2)/bin/python || $(PYTHON) -m venv $(NP2)
+	$(NP2)/bin/pip install --disable-pip-version-check -q -c requirements/constraints.txt "numpy>=2" pytest pytest-timeout -e .
+	$(NP2)/bin/python -c "import numpy; assert numpy.__version__ >= '2', numpy.__version__; print('numpy', numpy.__version__)"
+	touch $@
+
+test-numpy2: $(NP2)/.stamp
+	$(NP2)/bin/python -m pytest -q -ra -p no:cacheprovider $(NP2_TESTS)
 
 demo: $(VENV)/.stamp-base
 	$(BIN)/artseg demo --out demo_out
@@ -64,4 +80,4 @@ bench: $(VENV)/.stamp-base
 	$(BIN)/python bench/unet.py --quick
 
 clean:
-	rm -rf $(VENV) demo_out .pytest_cache
+	rm -rf $(VENV) $(NP2) demo_out .pytest_cache

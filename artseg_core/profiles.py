@@ -2,7 +2,7 @@
 
 ``paper``  ResNet50 classifier and the paper's U-Net (64 filters, 5 levels x 3 convs) at full resolution
            (Ali et al., Sci Rep 2022). Accurate but slow on a CPU; meant for a GPU (``--device cuda``).
-``fast``   ResNet18 at half width and a 16-filter, 4-level U-Net on 2x down-sampled input: the CPU profile.
+``fast``   ResNet18 at quarter width and a 16-filter, 4-level U-Net on 2x down-sampled input: the CPU profile.
 ``tiny``   the smallest thing that learns the phantoms; for tests and smoke runs.
 """
 from __future__ import annotations
@@ -58,7 +58,7 @@ PROFILES: dict[str, Profile] = {
     "paper": Profile(name="paper", arch="resnet50", cls_width=64, cls_size=512, cam_mode="exact",
                      unet_width=64, unet_levels=5, unet_scale=1, unet_tile=512, unet_steps=6000, unet_batch=4,
                      predict_tile=1024),
-    "fast": Profile(name="fast", arch="resnet18", cls_width=32, cls_size=256, cls_epochs=40, cls_batch=16,
+    "fast": Profile(name="fast", arch="resnet18", cls_width=16, cls_size=256, cls_epochs=40, cls_batch=16,
                     cam_mode="fast", cam_top_k=32, unet_width=16, unet_levels=4, unet_scale=2, unet_tile=256,
                     unet_steps=600, unet_batch=8, unet_lr=2e-3, predict_tile=1024),
     "tiny": Profile(name="tiny", arch="resnet18", cls_width=8, cls_size=128, cls_epochs=40, cls_batch=16, cam_mode="fast", cam_top_k=16, unet_width=8, unet_levels=3,

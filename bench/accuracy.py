@@ -1,0 +1,128 @@
+"""Accuracy on a held-apart phantom plate: weak vs weak+edges vs strong supervision vs a non-learned baseline.
+
+    python bench/accuracy.py [--quick] [--seed 0] [--out bench_out/accuracy]
+
+* weak       image-level labels only; Score-CAM pseudo-masks without edge refinement
+* weak_edge  the same with the edge-map refinement (Sobel magnitude, dilated, normalised)
+* strong     the U-Net trained on the true masks of every training image (the upper bound)
+* baseline   no learning: pixels that deviate strongly from a smoothed background (robust z-score), cleaned
+All three learned variants share one classifier (same seed, trained once), so they differ only in their U-Net
+targets. Pixel IoU is the mean over the test plate's artifact images; image F1 is the classifier's on the test
+plate. Prints one final JSON line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from artseg_core import load_model, train  # noqa: E402
+from artseg_core.evaluate import evaluate_arrays  # noqa: E402
+from artseg_core.io import list_images, normalize, read_image  # noqa: E402
+from artseg_core.metrics import image_metrics  # noqa: E402
+from artseg_core.phantoms import make_plate  # noqa: E402
+from artseg_core.postprocess import clean_mask  # noqa: E402
+
+
+def baseline_mask(image: np.ndarray, z: float = 4.0, min_size: int = 64) -> np.ndarray:
+    """Non-learned detector: |image - smooth background| / robust noise > z, closed, small objects removed."""
+    from scipy import ndimage as ndi
+
+    x = normalize(image)
+    bg = ndi.median_filter(x[::4, ::4], size=15)
+    bg = ndi.zoom(bg, (x.shape[0] / bg.shape[0], x.shape[1] / bg.shape[1]), order=1)[: x.shape[0], : x.shape[1]]
+    dev = np.abs(x - bg)
+    dev = ndi.gaussian_filter(dev, 2)
+    mad = np.median(np.abs(dev - np.median(dev))) + 1e-6
+    score = (dev - np.median(dev)) / (1.4826 * mad)
+    m = ndi.binary_closing(score > z, iterations=2)
+    return clean_mask(m.astype(np.float32), 0.5, min_size=min_size)
+
+
+def test_set(plate: Path):
+    import csv
+
+    labels = {}
+    with open(plate / "labels.csv") as fh:
+        for r in csv.DictReader(fh):
+            labels[Path(r["image"]).stem] = int(r["label"] == "artifact")
+    imgs = {p.stem: read_image(p) for p in list_images([plate / "images"])}
+    truth = {s: read_image(plate / "masks" / f"{s}.tif", allow_constant=True) for s in imgs}
+    return imgs, truth, labels
+
+
+def score_model(model, imgs, truth, labels) -> dict:
+    preds, ys, ps, fl = {}, [], [], []
+    for s, im in imgs.items():
+        r = model.predict(im, gate=True)
+        preds[s] = r.mask
+        ys.append(labels[s])
+        ps.append(r.p_artifact)
+        fl.append(float(r.flagged))
+    rep = evaluate_arrays(preds, truth)
+    im = image_metrics(ys, fl, threshold=0.5)
+    return {"iou": rep["pixel_artifact_images"]["mean_iou"], "pooled_iou": rep["pixel_artifact_images"]["pooled_iou"],
+            "object_f1": rep["object"]["f1"], "image_f1": im["f1"]}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small plates and the tiny profile (a few minutes)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--profile", default=None, help="profile (default fast; tiny with --quick)")
+    ap.add_argument("--out", type=Path, default=Path("bench_out/accuracy"))
+    a = ap.parse_args(argv)
+    profile = a.profile or ("tiny" if a.quick else "fast")
+    size = 256 if a.quick else 512
+    out = a.out
+    if out.exists():
+        shutil.rmtree(out)
+    t0 = time.perf_counter()
+    trp, tep = out / "train_plate", out / "test_plate"
+    make_plate(trp, rows=4, cols=6, fields=2 if a.quick else 4, prevalence=0.5, seed=a.seed, shape=(size, size),
+               plate="train")
+    make_plate(tep, rows=2, cols=6, fields=2, prevalence=0.5, seed=a.seed + 1000, shape=(size, size), plate="test")
+    imgs, truth, labels = test_set(tep)
+    results, seconds = {}, {}
+    variants = [("weak", dict(edge_refine=False)), ("weak_edge", dict(edge_refine=True)),
+                ("strong", dict(masks=trp / "masks", use_masks_for_training=True))]
+    first_ckpt = None
+    for name, kw in variants:
+        wd = out / f"work_{name}"
+        wd.mkdir(parents=True)
+        if first_ckpt is not None:  # the same classifier for every variant
+            shutil.copy(first_ckpt, wd / "classifier.ckpt")
+        t = time.perf_counter()
+        model = train(trp / "images", trp / "labels.csv", profile=profile, seed=a.seed, work_dir=wd,
+                      progress=False, **kw)
+        seconds[name] = round(time.perf_counter() - t, 1)
+        first_ckpt = first_ckpt or wd / "classifier.ckpt"
+        model.save(out / f"{name}.artseg")
+        results[name] = score_model(load_model(out / f"{name}.artseg"), imgs, truth, labels)
+        print(name, results[name], f"{seconds[name]} s", flush=True)
+    base = evaluate_arrays({s: baseline_mask(im) for s, im in imgs.items()}, truth)
+    results["baseline"] = {"iou": base["pixel_artifact_images"]["mean_iou"],
+                           "pooled_iou": base["pixel_artifact_images"]["pooled_iou"], "object_f1": base["object"]["f1"]}
+    line = {
+        "bench": "accuracy", "profile": profile, "image_size": size,
+        "n_train": 24 * (2 if a.quick else 4), "n_test": len(imgs),
+        "weak_iou": round(results["weak"]["iou"], 4), "weak_edge_iou": round(results["weak_edge"]["iou"], 4),
+        "strong_iou": round(results["strong"]["iou"], 4), "baseline_iou": round(results["baseline"]["iou"], 4),
+        "image_f1": round(results["weak"]["image_f1"], 4),
+        "weak_over_strong": round(max(results["weak"]["iou"], results["weak_edge"]["iou"])
+                                  / max(results["strong"]["iou"], 1e-9), 3),
+        "details": results, "seconds": {**seconds, "total": round(time.perf_counter() - t0, 1)},
+    }
+    print(json.dumps(line))
+    return line
+
+
+if __name__ == "__main__":
+    main()

@@ -133,6 +133,73 @@ def test_sigkill_mid_plate_then_resume_matches_uninterrupted_run(plate48, traine
     assert _masks(out) == _masks(reference)  # byte-identical mask files, none torn, none extra
 
 
+def test_ctrl_c_writes_tables_of_what_finished_then_resume(plate48, trained_model_path, reference, tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "artseg_core.cli", "batch", str(plate48), "-m", str(trained_model_path), "-o",
+           str(out), "--quiet"]
+    proc = subprocess.Popen(cmd, env=_env(), start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline and proc.poll() is None:
+            if (out / JOURNAL).exists() and (out / JOURNAL).read_bytes().count(b"\n") >= 3:
+                break
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted" in err and "rerun the same command" in err
+    partial = _rows(out)
+    done = (out / JOURNAL).read_bytes().count(b"\n")
+    assert 3 <= len(partial) == done < 48 and all(r["status"] == "ok" for r in partial)
+    ref = {r["image"]: r for r in _rows(reference)}
+    assert all(r == ref[r["image"]] for r in partial)
+    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _rows(out) == _rows(reference) and _masks(out) == _masks(reference)
+
+
+def test_full_disk_then_resume(plate48, trained_model_path, reference, tmp_path, monkeypatch):
+    """The disk fills up: first the mask writes fail (error rows), then the journal itself (the run stops with
+    the OSError). After space is freed, a rerun redoes exactly what is missing or failed."""
+    import errno
+
+    from artseg_core import outputs
+    from artseg_core.batch import journal
+
+    real_mask, real_append = outputs.write_mask_tiff, journal.Journal.append
+    calls = {"mask": 0, "append": 0}
+
+    def mask_fills_disk(*a, **k):
+        calls["mask"] += 1
+        if calls["mask"] > 10:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_mask(*a, **k)
+
+    def append_fills_disk(self, record):
+        calls["append"] += 1
+        if calls["append"] > 20:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_append(self, record)
+
+    monkeypatch.setattr(outputs, "write_mask_tiff", mask_fills_disk)
+    monkeypatch.setattr(journal.Journal, "append", append_fills_disk)
+    out = tmp_path / "out"
+    with pytest.raises(OSError, match="No space left"):
+        run_batch(plate48, trained_model_path, out, progress=False, report=False)
+    monkeypatch.undo()
+    recs = [json.loads(x) for x in (out / JOURNAL).read_text().splitlines()]
+    assert len(recs) == 20 and sum(r["status"] == "ok" for r in recs) == 10
+    assert all("No space left" in r["row"]["error"] for r in recs if r["status"] != "ok")
+    s = run_batch(plate48, trained_model_path, out, progress=False, report=False)
+    assert s.n_processed == 38 and s.exit_code == 0 and s.complete
+    assert _rows(out) == _rows(reference) and _masks(out) == _masks(reference)
+
+
 def test_bad_images_max_failures_and_retry(tmp_path, trained_model_path, plate48):
     plate = tmp_path / "plate"
     plate.mkdir()

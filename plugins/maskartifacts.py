@@ -238,8 +238,9 @@ class MaskArtifacts(ImageSegmentation):
 
         self.x_name.text = "Select the brightfield image"
         self.x_name.doc = (
-            "Select the brightfield image to search for artifacts. Give the image as loaded: the ArtSeg engine "
-            "normalises intensities itself, so do not rescale it first."
+            "Select the brightfield image to search for artifacts, as acquired (not filtered). The ArtSeg engine "
+            "normalises intensities itself (percentiles), so CellProfiler's scaling to [0, 1] or any other "
+            "linear rescaling does not change the result."
         )
 
         self.y_name.value = "Artifacts"

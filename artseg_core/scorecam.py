@@ -117,7 +117,7 @@ def _scoring_model(model: nn.Module) -> nn.Module:
     try:
         from torch.fx.experimental.optimization import fuse
 
-        net = fuse(net)
+        net = fuse(net, inplace=True)
     except Exception:  # not traceable by torch.fx: score with the plain copy
         pass
     net = net.to(memory_format=torch.channels_last).eval()
@@ -321,7 +321,7 @@ def score_cam(model: nn.Module, x, target_layer: nn.Module | None = None, target
     n, size = x.shape[0], (int(x.shape[-2]), int(x.shape[-1]))
     use_bf16 = (mode == "fast" and bf16_available(device)) if bf16 == "auto" else bool(bf16)
 
-    was_training = model.training
+    modes_before = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         acts, logits = _layer_activations(model, x, layer)
@@ -334,7 +334,8 @@ def score_cam(model: nn.Module, x, target_layer: nn.Module | None = None, target
                                        _on_batch))
             cam_low = torch.stack(cams)
     finally:
-        model.train(was_training)
+        for m, flag in modes_before:
+            m.training = flag
 
     if mode == "paper":
         cam = F.interpolate(cam_low[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]

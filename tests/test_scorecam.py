@@ -190,13 +190,14 @@ def blob_model():
     return model.eval()
 
 
-def test_fast_mode_matches_exact_masks(blob_model):
+@pytest.mark.parametrize("bf16", [False, "auto"])
+def test_fast_mode_matches_exact_masks(blob_model, bf16):
     x, _, _ = _blob_images(4, 96, seed=7, p=1.0)
     with torch.no_grad():
         p = torch.softmax(blob_model(x), dim=1)[:, 1]
     assert float(p.min()) > 0.5, "the test model did not learn the blobs"
     exact = score_cam(blob_model, x, target=1, mode="exact")
-    fast = score_cam(blob_model, x, target=1, mode="fast", top_k=16, bf16=False)
+    fast = score_cam(blob_model, x, target=1, mode="fast", top_k=16, bf16=bf16)
     assert fast.shape == exact.shape and fast.min() >= 0 and fast.max() <= 1
     ious = [_iou(e >= 0.5, f >= 0.5) for e, f in zip(exact, fast)]
     assert np.mean(ious) >= 0.9, ious

@@ -41,6 +41,7 @@ var nFlagged = 0;
 var lastRoiZip = "";
 var nFailed = 0;
 var firstError = "";
+var activeMode = false;
 
 main();
 
@@ -102,6 +103,9 @@ function runActiveImage() {
     run("Duplicate...", "title=artseg_input");
     saveAs("Tiff", tmp);
     close();
+    selectImage(origID);
+    if (userRoi != "") open(userRoi);
+    activeMode = true;
     engineCsv = runEngine(tmp, "");
     rows = readLines(engineCsv);
     if (rows.length < 2) fail("the engine wrote no result for " + title + " (" + engineCsv + ")");
@@ -159,7 +163,9 @@ function runEngine(input, extra) {
     if (flag("no_gate")) a = Array.concat(a, newArray("--no-gate"));
     keys = newArray("threshold", "min_size", "pixel_size", "plane");
     clis = newArray("--threshold", "--min-size", "--pixel-size", "--plane");
-    for (k = 0; k < keys.length; k++) {
+    n = keys.length;
+    if (activeMode) n = 3;  // the active image is sent as its current plane only
+    for (k = 0; k < n; k++) {
         v = opt(keys[k], "");
         if (v != "") {
             if (isNaN(parseFloat(v))) fail(keys[k] + " must be a number, not '" + v + "'");

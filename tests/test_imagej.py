@@ -40,8 +40,10 @@ def _missing() -> str | None:
     return None
 
 
-pytestmark = [pytest.mark.imagej, pytest.mark.slow, pytest.mark.skipif(_missing() is not None,
-                                                                      reason=_missing() or "")]
+# the timeout covers the session fixture trained_model_path when a test here is the first to need it (training
+# the tiny model took 9-15 minutes on the shared 2-core machine); each ImageJ run has its own TIMEOUT
+pytestmark = [pytest.mark.imagej, pytest.mark.slow, pytest.mark.timeout(2400),
+              pytest.mark.skipif(_missing() is not None, reason=_missing() or "")]
 
 
 # ------------------------------------------------------------------------------------------------ fixtures
@@ -117,12 +119,14 @@ def n_objects(mask: np.ndarray) -> int:
     return int(ndi.label(mask, structure=np.ones((3, 3), bool))[1])
 
 
-def check_measurements(row: dict, image_path: Path) -> int:
+def check_measurements(row: dict, image_path: Path, plane: int | None = None) -> int:
     """The macro's inside/outside numbers equal numpy on the engine's mask; returns the object count."""
     import tifffile
 
     assert row["status"] == "ok", row
     img = tifffile.imread(image_path).astype(np.float64)
+    if plane is not None:
+        img = img[plane]
     mask = tifffile.imread(row["mask"]) > 0
     assert mask.shape == img.shape
     n_in, n_out = int(mask.sum()), int((~mask).sum())
@@ -250,6 +254,37 @@ def test_readme_macro_example_runs(runner_cp, images, trained_model_path, tmp_pa
     assert all((images / "artseg_out" / f"{p.stem}_artseg.tif").is_file() for p in images.glob("*.tif"))
     rows = read_rows(images / "artseg_out" / "artseg_imagej.csv")
     assert [r["image"] for r in rows] == ["field_a.tif"] and n == int(rows[0]["n_objects"])
+
+
+def test_multi_plane_file_and_active_plane(runner_cp, artseg_cmd, images, trained_model_path, tmp_path):
+    """plane=N on a stack file measures that plane; on the active image the current plane is used."""
+    import tifffile
+
+    planes = [tifffile.imread(images / f"field_{c}.tif") for c in "cab"]
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(stack, np.stack(planes), imagej=True)
+    out = tmp_path / "out"
+    proc, _ = run_macro(runner_cp, str(MACRO), f"model=[{trained_model_path}] input=[{stack}] output=[{out}] "
+                        f"artseg=[{artseg_cmd}] plane=1 {ENGINE_OPTS}", home=tmp_path)
+    assert proc.returncode == 0, _out(proc)
+    row = read_rows(out / "artseg_imagej.csv")[0]
+    check_measurements(row, stack, plane=1)
+    # the engine saw plane 1 (same mask as predicting on that plane directly)
+    from artseg_core.model import load_model
+
+    model = load_model(trained_model_path)
+    expect = {k: np.asarray(model.predict(planes[k], gate=False, threshold=0.25).mask) for k in (1, 2)}
+    assert np.array_equal(tifffile.imread(row["mask"]) > 0, expect[1])
+    # active image on slice 3 (plane 2); plane= is ignored there: the current plane is what is sent
+    out2 = tmp_path / "out2"
+    code = (f'open("{stack}"); setSlice(3); runMacro("{MACRO}", "model=[{trained_model_path}] output=[{out2}] '
+            f'artseg=[{artseg_cmd}] plane=1 {ENGINE_OPTS}"); print("STATUS " + '
+            'call("java.lang.System.getProperty", "artseg.status") + " slice " + getSliceNumber());')
+    proc, _ = run_macro(runner_cp, "-e", code, home=tmp_path)
+    assert "STATUS ok slice 3" in proc.stdout, _out(proc)
+    row = read_rows(out2 / "artseg_imagej.csv")[0]
+    check_measurements(row, stack, plane=2)
+    assert np.array_equal(tifffile.imread(row["mask"]) > 0, expect[2])
 
 
 # ------------------------------------------------------------------------------------------------ failures

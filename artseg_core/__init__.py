@@ -16,7 +16,7 @@ def __getattr__(name):  # lazy access to the public API
 
         return getattr(_m, name)
     if name == "train":
-        from .train import train
+        from .training import train
 
         return train
     if name in ("read_image", "normalize"):

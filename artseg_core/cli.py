@@ -67,7 +67,7 @@ def train(images, labels, clean, artifact, masks, out, profile, cam_mode, edge_r
           work_dir, plane, epochs, unet_steps, verbose):
     """Train a model from image-level labels: IMAGES + labels.csv, or --clean DIR --artifact DIR."""
     from .dataset import LabelFileError
-    from .train import train as train_fn
+    from .training import train as train_fn
 
     _setup_logging(verbose, (work_dir / "train.log") if work_dir else None)
     if images is not None and labels is None:

@@ -59,7 +59,7 @@ def run_demo(out, seed: int = 0, quick: bool = False, progress: bool = True) -> 
     from .model import load_model
     from .phantoms import make_plate
     from .predict_files import PredictOptions, predict_files
-    from .train import train
+    from .training import train
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ class Profile:
     # classifier
     arch: str = "resnet18"
     cls_width: int = 64          # channels of the first ResNet stage (64 = standard)
+    cls_layer4_stride: int = 2   # 1 = last block at 1/16 resolution: twice as fine Score-CAM maps
     cls_size: int = 256          # images are resized to cls_size x cls_size for the classifier
     cls_epochs: int = 60
     cls_batch: int = 16
@@ -26,6 +27,7 @@ class Profile:
     cam_mode: str = "fast"       # exact | paper | fast
     cam_top_k: int = 32          # channels kept in fast mode
     edge_refine: bool = True
+    cam_threshold: float | None = None   # pseudo-mask threshold without validation masks (None: refine's default)
     edge_dilation: int = 5
     # U-Net
     unet_width: int = 64
@@ -58,10 +60,10 @@ PROFILES: dict[str, Profile] = {
     "paper": Profile(name="paper", arch="resnet50", cls_width=64, cls_size=512, cam_mode="exact",
                      unet_width=64, unet_levels=5, unet_scale=1, unet_tile=512, unet_steps=6000, unet_batch=4,
                      predict_tile=1024),
-    "fast": Profile(name="fast", arch="resnet18", cls_width=16, cls_size=256, cls_epochs=40, cls_batch=16,
+    "fast": Profile(name="fast", arch="resnet18", cls_width=16, cls_layer4_stride=1, cam_threshold=0.2, cls_size=256, cls_epochs=40, cls_batch=16,
                     cam_mode="fast", cam_top_k=32, unet_width=16, unet_levels=4, unet_scale=2, unet_tile=256,
                     unet_steps=600, unet_batch=8, unet_lr=2e-3, predict_tile=1024),
-    "tiny": Profile(name="tiny", arch="resnet18", cls_width=8, cls_size=128, cls_epochs=40, cls_batch=16, cam_mode="fast", cam_top_k=16, unet_width=8, unet_levels=3,
+    "tiny": Profile(name="tiny", arch="resnet18", cls_width=8, cls_layer4_stride=1, cam_threshold=0.2, cls_size=128, cls_epochs=40, cls_batch=16, cam_mode="fast", cam_top_k=16, unet_width=8, unet_levels=3,
                     unet_scale=2, unet_tile=128, unet_steps=120, unet_batch=8, unet_lr=3e-3, predict_tile=512),
 }
 

@@ -100,7 +100,8 @@ class ResNet(nn.Module):
         Channels of the stem and ``layer1`` (64 = standard); every stage scales with it.
     """
 
-    def __init__(self, block, layers, in_channels: int = 1, num_classes: int = 2, width: int = 64):
+    def __init__(self, block, layers, in_channels: int = 1, num_classes: int = 2, width: int = 64,
+                 layer4_stride: int = 2):
         super().__init__()
         if in_channels < 1 or num_classes < 1 or width < 1:
             raise ValueError(
@@ -120,7 +121,8 @@ class ResNet(nn.Module):
         self.layer1 = self._make_layer(block, width, layers[0], stride=1)
         self.layer2 = self._make_layer(block, width * 2, layers[1], stride=2)
         self.layer3 = self._make_layer(block, width * 4, layers[2], stride=2)
-        self.layer4 = self._make_layer(block, width * 8, layers[3], stride=2)
+        # layer4_stride=1 keeps layer4 at 1/16 resolution (twice as fine CAMs); the weights are the same shapes
+        self.layer4 = self._make_layer(block, width * 8, layers[3], stride=layer4_stride)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.num_features = width * 8 * block.expansion
         self.fc = nn.Linear(self.num_features, num_classes)
@@ -160,7 +162,8 @@ class ResNet(nn.Module):
 ARCHS = {"resnet18": (BasicBlock, (2, 2, 2, 2)), "resnet50": (Bottleneck, (3, 4, 6, 3))}
 
 
-def build_resnet(arch: str, in_channels: int = 1, num_classes: int = 2, width: int = 64) -> ResNet:
+def build_resnet(arch: str, in_channels: int = 1, num_classes: int = 2, width: int = 64,
+                 layer4_stride: int = 2) -> ResNet:
     """Build a ResNet by name.
 
     Parameters
@@ -168,6 +171,9 @@ def build_resnet(arch: str, in_channels: int = 1, num_classes: int = 2, width: i
     arch : {"resnet18", "resnet50"}
     in_channels, num_classes, width : int
         See :class:`ResNet`.
+    layer4_stride : {2, 1}
+        2 = standard; 1 keeps the last block at 1/16 of the input size for finer class activation maps
+        (same parameters and state_dict layout).
 
     Returns
     -------
@@ -177,7 +183,10 @@ def build_resnet(arch: str, in_channels: int = 1, num_classes: int = 2, width: i
     if key not in ARCHS:
         raise ValueError(f"unknown ResNet architecture {arch!r}; choose one of {sorted(ARCHS)}")
     block, layers = ARCHS[key]
-    model = ResNet(block, layers, in_channels=in_channels, num_classes=num_classes, width=width)
+    if layer4_stride not in (1, 2):
+        raise ValueError(f"layer4_stride must be 1 or 2, got {layer4_stride}")
+    model = ResNet(block, layers, in_channels=in_channels, num_classes=num_classes, width=width,
+                   layer4_stride=layer4_stride)
     model.arch = key
     return model
 

@@ -20,7 +20,7 @@ import numpy as np
 from .dataset import Sample, load_labeled_set
 from .io import ImageReadError, normalize, read_image
 from .metrics import image_metrics, pixel_metrics
-from .model import ArtifactModel, resolve_device
+from .model import DEFAULT_THRESHOLDS, ArtifactModel, resolve_device
 from .profiles import get_profile
 from .quality import fit_quality_thresholds, quality_scores
 
@@ -100,7 +100,7 @@ def train(images=None, labels=None, *, clean=None, artifact=None, masks=None, pr
     import torch
 
     from .fastpath import set_threads
-    from .refine import DEFAULT_THRESHOLD, binarize, refine_saliency, select_threshold
+    from .refine import binarize, default_threshold, refine_saliency, select_threshold
     from .scorecam import score_cam
     from .train_classifier import ClassifierFitConfig, fit_classifier, predict_proba, resize_for_classifier
     from .train_unet import UNetFitConfig, fit_unet
@@ -180,8 +180,15 @@ def train(images=None, labels=None, *, clean=None, artifact=None, masks=None, pr
         cam_thr, _table = select_threshold([saliency[i] for i in sel_idx], [true_masks[i] for i in sel_idx])
         cam_thr_source = f"selected on {len(sel_idx)} masked images"
     else:
-        cam_thr, cam_thr_source = float(DEFAULT_THRESHOLD), "default (no validation masks)"
+        cam_thr = prof.cam_threshold if prof.cam_threshold is not None else default_threshold(prof.edge_refine)
+        cam_thr, cam_thr_source = float(cam_thr), "profile default (no validation masks)"
     pseudo = {i: binarize(s, cam_thr) for i, s in saliency.items()}
+    if not tmp:  # keep the pseudo-masks where the user can look at them
+        from .io import write_tiff
+
+        (work / "pseudo_masks").mkdir(exist_ok=True)
+        for i, m in pseudo.items():
+            write_tiff(work / "pseudo_masks" / f"{samples[i].path.stem}.tif", (m * 255).astype(np.uint8))
     t_cam = time.perf_counter() - t2
 
     # ---- 3. U-Net on pseudo-masks (hand masks mixed in where given)
@@ -200,21 +207,26 @@ def train(images=None, labels=None, *, clean=None, artifact=None, masks=None, pr
 
     # ---- 4. calibration on validation
     model = ArtifactModel(prof, cls, unet, thresholds={"classifier": cls_thr, "gate": gate}, device=dev)
-    cal_idx = va if len(va) else tr
-    probs = {int(i): model.segment(imgs[i]) for i in cal_idx}
-    refs = {int(i): (true_masks[i] if i in true_masks else (pseudo[i] if y[i] == 1 else
-                                                            np.zeros(imgs[i].shape, bool))) for i in cal_idx}
-    ref_kind = "hand masks" if all(int(i) in true_masks or y[i] == 0 for i in cal_idx) else "pseudo-masks"
     from .postprocess import clean_mask
 
-    best = (-1.0, 0.5, 16)
-    for thr in UNET_THRESHOLDS:
-        for ms in MIN_SIZES:
-            ious = [pixel_metrics(clean_mask(probs[i], thr, ms), refs[i])["iou"] for i in probs]
-            score = float(np.mean(ious))
-            if score > best[0] + 1e-9:
-                best = (score, thr, ms)
-    val_iou, unet_thr, min_size = best
+    cal_idx = [int(i) for i in (va if len(va) else tr) if int(i) in true_masks or y[i] == 0]
+    if any(i in true_masks for i in cal_idx):
+        # U-Net threshold and minimum size: best mean IoU against hand masks (clean images count with empty masks)
+        probs = {i: model.segment(imgs[i]) for i in cal_idx}
+        refs = {i: true_masks.get(i, np.zeros(imgs[i].shape, bool)) for i in cal_idx}
+        best = (-1.0, DEFAULT_THRESHOLDS["unet"], DEFAULT_THRESHOLDS["min_size"])
+        for thr in UNET_THRESHOLDS:
+            for ms in MIN_SIZES:
+                score = float(np.mean([pixel_metrics(clean_mask(probs[i], thr, ms), refs[i])["iou"] for i in probs]))
+                if score > best[0] + 1e-9:
+                    best = (score, thr, ms)
+        val_iou, unet_thr, min_size = best
+        ref_kind = f"hand masks of {sum(i in true_masks for i in cal_idx)} validation images"
+    else:
+        # Without hand masks, matching the (blurry, over-large) pseudo-masks would only copy their errors: keep the
+        # documented defaults; the U-Net's own probabilities are better calibrated than its training targets.
+        val_iou, unet_thr, min_size = None, DEFAULT_THRESHOLDS["unet"], DEFAULT_THRESHOLDS["min_size"]
+        ref_kind = "none (no hand masks): documented defaults"
     model.thresholds.update(unet=float(unet_thr), min_size=int(min_size))
 
     # ---- 5. QC thresholds from the clean training images

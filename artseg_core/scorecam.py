@@ -42,6 +42,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -102,12 +103,60 @@ def _fingerprint(model: nn.Module) -> tuple:
                      for n, t in model.state_dict(keep_vars=True).items() if t.is_floating_point())
 
 
+def _folded_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """A convolution equal to ``bn(conv(x))`` in eval mode (computed in float64, stored in float32)."""
+    w = conv.weight.detach().double()
+    mean, var = bn.running_mean.detach().double(), bn.running_var.detach().double()
+    gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones_like(mean)
+    beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros_like(mean)
+    scale = gamma / torch.sqrt(var + bn.eps)
+    bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros_like(mean)
+    out = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                    conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode)
+    with torch.no_grad():
+        out.weight.copy_((w * scale[:, None, None, None]).to(conv.weight.dtype))
+        out.bias.copy_(((bias - mean) * scale + beta).to(conv.weight.dtype))
+    return out.to(conv.weight.device)
+
+
+def _fold_batchnorm(model: nn.Module) -> nn.Module:
+    """Trace ``model`` (eval mode) with torch.fx and fold every BatchNorm2d that directly follows a Conv2d.
+
+    A pair is folded only when the convolution's output feeds nothing but the BatchNorm and the convolution
+    module is called once. Raises whatever torch.fx raises for a model it cannot trace.
+    """
+    gm = torch.fx.symbolic_trace(model)
+    modules = dict(gm.named_modules())
+    calls: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    for node in list(gm.graph.nodes):
+        bn = modules.get(node.target) if node.op == "call_module" else None
+        if not isinstance(bn, nn.BatchNorm2d) or bn.running_mean is None or calls[node.target] != 1:
+            continue
+        prev = node.args[0] if node.args else None
+        if not isinstance(prev, torch.fx.Node) or prev.op != "call_module" or len(prev.users) != 1:
+            continue
+        conv = modules.get(prev.target)
+        if not isinstance(conv, nn.Conv2d) or calls[prev.target] != 1:
+            continue
+        parent_name, _, leaf = prev.target.rpartition(".")
+        setattr(gm.get_submodule(parent_name) if parent_name else gm, leaf, _folded_conv(conv, bn))
+        node.replace_all_uses_with(prev)
+        gm.graph.erase_node(node)
+    gm.graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    return gm
+
+
 def _scoring_model(model: nn.Module) -> nn.Module:
     """An eval-mode copy of ``model`` for repeated inference (cached while the weights are unchanged).
 
-    Convolution + BatchNorm pairs are folded with ``torch.fx`` when the model can be traced (numerically
-    equal to about 1e-6 of the logits); the copy is in channels-last memory format, which oneDNN runs
-    faster on CPUs. The caller's model is never modified.
+    Convolution + BatchNorm pairs are folded (:func:`_fold_batchnorm`) when torch.fx can trace the model
+    (logits equal to about 1e-6); the copy is in channels-last memory format, which oneDNN runs faster
+    on CPUs. The caller's model is never modified.
     """
     fp = _fingerprint(model)
     hit = _SCORING_CACHE.get(model)
@@ -115,9 +164,7 @@ def _scoring_model(model: nn.Module) -> nn.Module:
         return hit[1]
     net = copy.deepcopy(model).eval()
     try:
-        from torch.fx.experimental.optimization import fuse
-
-        net = fuse(net, inplace=True)
+        net = _fold_batchnorm(net)
     except Exception:  # not traceable by torch.fx: score with the plain copy
         pass
     net = net.to(memory_format=torch.channels_last).eval()

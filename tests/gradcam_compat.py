@@ -19,6 +19,7 @@ and ``bench/scorecam.py`` only.
 from __future__ import annotations
 
 import importlib
+import warnings
 from types import ModuleType
 
 __all__ = ["TORCHVISION_SCHEMAS", "register_torchvision_schemas", "import_pytorch_grad_cam"]
@@ -124,8 +125,10 @@ def import_pytorch_grad_cam() -> ModuleType:
     """
     try:
         register_torchvision_schemas()
-        pkg = importlib.import_module("pytorch_grad_cam")
-        importlib.import_module("pytorch_grad_cam.utils.model_targets")
+        with warnings.catch_warnings():  # torchvision's own torch.jit deprecation noise at import time
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pkg = importlib.import_module("pytorch_grad_cam")
+            importlib.import_module("pytorch_grad_cam.utils.model_targets")
     except Exception as exc:  # any failure here means "peer not usable", reported with its cause
         raise ImportError(f"pytorch-grad-cam (pip 'grad-cam==1.5.7') cannot be imported: "
                           f"{type(exc).__name__}: {exc}") from exc

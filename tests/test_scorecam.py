@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from artseg_core.models.resnet import resnet18
+from artseg_core.models.resnet import resnet18, resnet50
 from artseg_core.scorecam import DEFAULT_TOP_K, cam_layer, score_cam
 
 
@@ -265,3 +265,48 @@ def test_input_validation(small_resnet):
         score_cam(small_resnet, x, mode="fast", top_k=0)
     with pytest.raises(ValueError, match="NaN"):
         score_cam(small_resnet, x * float("nan"))
+
+
+class _Branchy(nn.Module):
+    """conv -> bn, but the conv output also feeds a skip: that pair must not be folded."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        c = self.conv(x)
+        y = torch.relu(self.bn(c)) + c
+        y = torch.relu(self.bn2(self.conv2(y)))
+        return self.fc(y.mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("build", [lambda: resnet18(in_channels=1, num_classes=2, width=8),
+                                   lambda: resnet50(in_channels=1, num_classes=2, width=8), lambda: _Branchy()],
+                         ids=["resnet18", "resnet50", "branching"])
+def test_scoring_copy_folds_batchnorm_and_equals_the_model(build):
+    from artseg_core.scorecam import _scoring_model
+
+    torch.manual_seed(5)
+    model = build()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):  # statistics far from the identity
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.3, 3.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.3, 0.3)
+    model.eval()
+    net = _scoring_model(model)
+    assert net is not model and _scoring_model(model) is net  # cached copy
+    x = torch.randn(3, 1, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+        out = net(x.contiguous(memory_format=torch.channels_last))
+    assert torch.allclose(out, ref, rtol=1e-4, atol=1e-5)
+    left = sum(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+    assert left == (1 if isinstance(model, _Branchy) else 0)  # only the branching pair stays unfolded

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .io import normalize
+from .io import apply_normalization, normalize_range
 from .modelfile import (ModelFileError, arrays_to_state_dict, load_model_file, save_model_file,
                         state_dict_to_arrays)
 from .postprocess import clean_mask, label_objects, min_size_pixels, object_table
@@ -109,7 +109,8 @@ class ArtifactModel:
         from .models.resnet import build_resnet
         from .models.unet import ArtSegUNet
 
-        cls = build_resnet(profile.arch, in_channels=1, num_classes=2, width=profile.cls_width)
+        cls = build_resnet(profile.arch, in_channels=1, num_classes=2, width=profile.cls_width,
+                           layer4_stride=profile.cls_layer4_stride)
         unet = ArtSegUNet(in_channels=1, out_channels=1, width=profile.unet_width, levels=profile.unet_levels,
                           scale=profile.unet_scale)
         return cls, unet
@@ -141,6 +142,11 @@ class ArtifactModel:
 
     def segment(self, norm_image: np.ndarray, tile: int | None = None, overlap: int | None = None) -> np.ndarray:
         """Pixel probability map of a normalised image of any size (tiled, overlap-blended)."""
+        return self._segment(norm_image, tile=tile, overlap=overlap)
+
+    def _segment(self, image: np.ndarray, tile: int | None = None, overlap: int | None = None,
+                 transform=None) -> np.ndarray:
+        """:meth:`segment`; ``transform`` (elementwise, e.g. the normalisation) is applied tile by tile."""
         import torch
 
         from .tiling import predict_tiled
@@ -151,9 +157,9 @@ class ArtifactModel:
                 p = self.unet.probability(xb)
             return p.float().cpu().numpy()
 
-        return predict_tiled(fn, norm_image, tile=tile or self.profile.predict_tile,
+        return predict_tiled(fn, image, tile=tile or self.profile.predict_tile,
                              overlap=self.profile.predict_overlap if overlap is None else overlap,
-                             divisor=self.unet.divisor)
+                             divisor=self.unet.divisor, transform=transform)
 
     def predict(self, image: np.ndarray, gate: bool = True, threshold: float | None = None,
                 min_size: int | None = None, pixel_size: float | None = None, min_size_um: float | None = None,
@@ -180,8 +186,12 @@ class ArtifactModel:
         image = np.asarray(image)
         if image.ndim != 2:
             raise ValueError(f"predict expects a 2-D image, got shape {image.shape}")
-        norm = normalize(image)
+        # Memory: the normalised float32 image (4 bytes/px) lives only while the classifier runs; the U-Net
+        # normalises tile by tile with the same offset/scale (identical values to io.normalize).
+        lo, scale = normalize_range(image)
+        norm = apply_normalization(image, lo, scale)
         p = self.classify(norm)
+        del norm
         flagged = p >= self.thresholds["classifier"]
         quality = quality_scores(image)
         quality.update(quality_flags(quality, self.quality_thresholds))
@@ -192,12 +202,11 @@ class ArtifactModel:
         else:
             ms = int(self.thresholds["min_size"] if min_size is None else min_size)
         if run_unet:
-            prob = self.segment(norm)
+            prob = self._segment(image, transform=lambda tile: apply_normalization(tile, lo, scale))
             mask = clean_mask(prob, threshold=thr, min_size=ms, fill_holes=fill_holes)
         else:
             prob = None
             mask = np.zeros(image.shape, bool)
-        del norm
         labels = label_objects(mask)
         objects = object_table(labels, prob=prob, pixel_size=pixel_size)
         cleaned = fill_artifacts(image, mask, method=fill, seed=seed) if fill else None

@@ -189,7 +189,8 @@ def _axis_windows(starts: list[int], length: int, overlap: int, size: int) -> tu
 def predict_tiled(fn: Callable[[np.ndarray], np.ndarray], image: np.ndarray, tile: int | tuple[int, int] = 512,
                   overlap: int = 64, divisor: int = 32, batch_size: int = 1, out_dtype=np.float32,
                   out: np.ndarray | None = None,
-                  progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+                  progress: Callable[[int, int], None] | None = None,
+                  transform: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """Apply a fully convolutional predictor to an image of any size, tile by tile.
 
     Parameters
@@ -216,6 +217,11 @@ def predict_tiled(fn: Callable[[np.ndarray], np.ndarray], image: np.ndarray, til
         Preallocated 2-D output of the image's shape (e.g. a ``numpy.memmap``); filled and returned.
     progress : callable, optional
         Called as ``progress(done, total)`` after each batch.
+    transform : callable, optional
+        Elementwise preprocessing applied to each tile of ``image`` (in its own dtype) before it is
+        cast to float32, e.g. a normalisation with fixed parameters
+        (:func:`artseg_core.io.apply_normalization`): the transformed image never exists as a whole.
+        It must act pixel by pixel, so that transforming a tile equals cropping the transformed image.
 
     Returns
     -------
@@ -275,7 +281,8 @@ def predict_tiled(fn: Callable[[np.ndarray], np.ndarray], image: np.ndarray, til
         chunk = tiles[b0:b0 + batch_size]
         for k, (i, j) in enumerate(chunk):
             y, x = ys[i], xs[j]
-            crop = np.asarray(image[y:y + h, x:x + w], dtype=np.float32)
+            crop = image[y:y + h, x:x + w]
+            crop = np.asarray(crop if transform is None else transform(crop), dtype=np.float32)
             if pad_h or pad_w:
                 crop = np.pad(crop, ((0, h - crop.shape[0]), (0, w - crop.shape[1])), mode="reflect")
             batch[k, 0] = crop

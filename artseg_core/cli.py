@@ -275,7 +275,7 @@ _register_batch(main, sys.modules[__name__])
 @click.option("--artseg-command", default=None,
               help="Command ImageJ runs for the engine (default: this environment's artseg, absolute path).")
 def fiji_install(target, artseg_command):
-    """Install Plugins > ArtSeg > Mask Artifacts into a Fiji.app or ImageJ 1.x folder (see docs/fiji.md)."""
+    """Install Plugins > ArtSeg > Mask Artifacts into a Fiji.app or ImageJ 1.x folder (see README, "ImageJ and Fiji")."""
     from .fiji_install import FijiInstallError, install
 
     try:

@@ -237,10 +237,10 @@ def test_menu_command_after_fiji_install(runner_cp, images, trained_model_path, 
 
 
 def test_readme_macro_example_runs(runner_cp, images, trained_model_path, tmp_path):
-    """The copy-paste macro of docs/fiji.md, with its paths pointed at the test data, in an installed ImageJ."""
+    """The copy-paste macro of the README (ImageJ and Fiji), with its paths pointed at the test data, in an installed ImageJ."""
     import re
 
-    doc = (REPO / "docs" / "fiji.md").read_text()
+    doc = (REPO / "README.md").read_text()
     code = re.search(r"```javascript\n(.*?)```", doc, re.S).group(1)
     code = (code.replace("/data/plate1/A01_s1.tif", str(images / "field_a.tif"))
             .replace("/data/plate1/", f"{images}/").replace("/data/models/model.artseg", str(trained_model_path)))

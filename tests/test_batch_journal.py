@@ -91,3 +91,30 @@ def test_well_summary():
     assert w[1]["ok"] == 0 and w[1]["mean_area_fraction"] == "" and w[1]["flagged_fraction"] == ""
     text = csv_text(w, WELL_COLUMNS)
     assert text.splitlines()[0].split(",") == WELL_COLUMNS and len(text.splitlines()) == 4
+
+
+def test_run_lock_excludes_a_second_run_and_dies_with_its_holder(tmp_path):
+    import subprocess
+    import sys
+
+    from artseg_core.batch.journal import FolderBusyError, run_lock
+
+    with run_lock(tmp_path):
+        with pytest.raises(FolderBusyError, match="in use by another run"):
+            run_lock(tmp_path).acquire()
+    with run_lock(tmp_path):  # released: can be taken again
+        pass
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]);"
+                               "from artseg_core.batch.journal import run_lock; l = run_lock(sys.argv[2]).acquire();"
+                               "print('locked', flush=True); time.sleep(600)",
+                               str(__import__("pathlib").Path(__file__).resolve().parents[1]), str(tmp_path)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(FolderBusyError, match=f"pid {holder.pid}"):
+            run_lock(tmp_path).acquire()
+    finally:
+        holder.kill()  # like kill -9: the OS drops the lock
+        holder.wait()
+    with run_lock(tmp_path):
+        pass

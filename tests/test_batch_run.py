@@ -262,3 +262,21 @@ def test_dask_cluster_matches_in_process(plate48, trained_model_path, reference,
     assert s.exit_code == 0 and s.backend.startswith("dask tcp://127.0.0.1") and s.n_processed == 48
     assert _rows(out) == _rows(reference)
     assert _masks(out) == _masks(reference)
+
+
+def test_dask_local_cluster_processes(plate48, trained_model_path, reference, tmp_path):
+    """``--dask local``: a LocalCluster of worker processes on 127.0.0.1 started by the runner itself."""
+    pytest.importorskip("distributed")
+    plate = tmp_path / "plate"
+    plate.mkdir()
+    for p in sorted(plate48.glob("*.tif"))[:6]:
+        (plate / p.name).write_bytes(p.read_bytes())
+    out = tmp_path / "out"
+    s = run_batch(plate, trained_model_path, out, dask_local=True, workers=2, progress=False, report=False)
+    assert s.exit_code == 0 and s.backend == "dask-local x2" and s.n_processed == 6
+    ref = {r["image"]: r for r in _rows(reference)}
+    for r in _rows(out):
+        want = dict(ref[r["image"]], path=r["path"])
+        assert r == want
+    ref_masks = _masks(reference)
+    assert _masks(out) == {k: ref_masks[k] for k in _masks(out)} and len(_masks(out)) == 6

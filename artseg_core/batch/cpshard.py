@@ -428,16 +428,28 @@ def run_pipeline_sharded(pipeline: str | os.PathLike, plate: str | os.PathLike, 
     work = out / WORK
     files, root = plate_file_list(plate, exclude=out)
     indir = Path(input_dir).resolve() if input_dir is not None else root
-    work.mkdir(parents=True, exist_ok=True)
+    text = "".join(f + "\n" for f in files)
     file_list = work / "filelist.txt"
-    write_text(file_list, "".join(f + "\n" for f in files))
-    sets = count_image_sets(pipe, file_list, plugins_directory=plugins_directory, input_dir=indir)
+    if dry_run:  # count from a temporary file list: a dry run writes nothing
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="artseg-cp-") as tmp:
+            (Path(tmp) / "filelist.txt").write_text(text)
+            sets = count_image_sets(pipe, Path(tmp) / "filelist.txt", plugins_directory=plugins_directory,
+                                    input_dir=indir)
+    else:
+        work.mkdir(parents=True, exist_ok=True)
+        write_text(file_list, text)
+        sets = count_image_sets(pipe, file_list, plugins_directory=plugins_directory, input_dir=indir)
     if not len(sets):
         raise CellProfilerError(f"{pipe}: the pipeline makes no image sets of the {len(files)} files in {plate}")
     n_shards = shards or workers
     ranges = plan_shards(sets, n_shards)
-    settings = {"pipeline_sha256": _sha(pipe), "files": len(files), "ranges": ranges,
-                "plugins": _dir_sha(plugins_directory)}
+    import hashlib
+
+    settings = {"pipeline_sha256": _sha(pipe), "files": len(files),
+                "file_list_sha256": hashlib.sha256(text.encode()).hexdigest(), "ranges": ranges,
+                "plugins": _dir_sha(plugins_directory), "input_dir": str(indir)}
     jpath = work / "journal.jsonl"
     spath = work / "settings.json"
     if spath.exists() and read_journal(jpath):
@@ -445,7 +457,8 @@ def run_pipeline_sharded(pipeline: str | os.PathLike, plate: str | os.PathLike, 
         if {k: old.get(k) for k in settings} != json.loads(json.dumps(settings)):
             raise CellProfilerError(f"{out} holds shards of a different pipeline, plugins, file list or shard plan; "
                                     f"use a new output folder or delete {work}")
-    write_text(spath, json.dumps(settings, indent=1) + "\n")
+    if not dry_run:
+        write_text(spath, json.dumps(settings, indent=1) + "\n")
     # a shard is done when the journal says so and its folder is there (a deleted folder is run again)
     done = {k for k, r in read_journal(jpath).items() if r.get("status") == "ok" and (work / k).is_dir()}
     todo = [(f, l) for f, l in ranges if _shard_name(f, l) not in done]

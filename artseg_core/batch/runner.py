@@ -32,7 +32,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, Iterator
 
 from ..predict_files import PredictOptions, error_row, process_file
-from .journal import Journal, read_journal
+from .journal import FolderBusyError, Journal, read_journal, run_lock
 from .manifest import ImageTask, Manifest, build_manifest
 from .platenames import image_stem
 from .tables import RESULT_COLUMNS, WELL_COLUMNS, csv_text, results_rows, well_rows
@@ -602,6 +602,11 @@ def run_batch(plate, model_path, out_dir, *, workers: int = 1, scheduler: str | 
         return summary
 
     out.mkdir(parents=True, exist_ok=True)
+    lock = run_lock(out)
+    try:
+        lock.acquire()
+    except FolderBusyError as e:
+        raise BatchError(str(e)) from None
     log_path = Path(log) if log is not None else out / LOG
     handler = _setup_log(log_path)
     summary.log_file = log_path
@@ -626,8 +631,8 @@ def run_batch(plate, model_path, out_dir, *, workers: int = 1, scheduler: str | 
         _write_settings(out, settings)
         stale = _remove_stale_temps(out / OUTPUTS)
         logger.info("run start: plate %s (%d images, %d done, %d to do), model %s (sha256 %s), backend %s%s",
-                 plate, len(man), n_before, len(todo), model_path, sha[:12], backend,
-                 f", removed {stale} stale temporary files" if stale else "")
+                    plate, len(man), n_before, len(todo), model_path, sha[:12], backend,
+                    f", removed {stale} stale temporary files" if stale else "")
         for note in man.notes:
             logger.info("note: %s", note)
         ctx = _Ctx(out=out, model_path=str(model_path.resolve()), sha=sha, device=device, options=opts,
@@ -648,7 +653,7 @@ def run_batch(plate, model_path, out_dir, *, workers: int = 1, scheduler: str | 
             with Journal(out / JOURNAL) as journal:
                 if journal.torn_bytes:
                     logger.warning("journal: dropped a torn last line (%d bytes) from an interrupted run",
-                                journal.torn_bytes)
+                                   journal.torn_bytes)
                 try:
                     for t, row in gen:
                         t_last = time.perf_counter()
@@ -665,14 +670,15 @@ def run_batch(plate, model_path, out_dir, *, workers: int = 1, scheduler: str | 
                             bar.set_postfix(failed=failed, refresh=False)
                         if max_failures is not None and failed >= max_failures:
                             summary.stopped_early = True
-                            logger.error("stopping: %d failures reached --max-failures %d", failed, max_failures)
+                            logger.error("stopping: %d failures reached --max-failures %d", failed,
+                                         max_failures)
                             break
                 finally:
                     gen.close()
         except KeyboardInterrupt:
             summary.interrupted = True
             logger.warning("interrupted by the user after %d images; rerun the same command to continue",
-                        summary.n_processed)
+                           summary.n_processed)
         finally:
             bar.close()
         elapsed = time.perf_counter() - t_run
@@ -703,6 +709,7 @@ def run_batch(plate, model_path, out_dir, *, workers: int = 1, scheduler: str | 
         return summary
     finally:
         _drop_log(handler)
+        lock.release()
 
 
 def _write_settings(out: Path, settings: dict) -> None:

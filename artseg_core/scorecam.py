@@ -53,6 +53,9 @@ MODES = ("exact", "paper", "fast")
 DEFAULT_TOP_K = 32
 
 _MASK_EPS = 1e-8   # guard in the per-channel mask normalisation (pytorch-grad-cam's value)
+# On CPUs a forward pass over about half a megapixel of masked inputs is fastest (measured for ResNet18:
+# 8 inputs of 224^2 or 1-2 of 512^2 per pass beat 32 by 10-20 %; larger batches fall out of the caches).
+_CPU_CHUNK_PIXELS = 1 << 19
 _SCALE_EPS = 1e-7  # guard in the final min-max scaling (pytorch-grad-cam's value)
 
 
@@ -327,7 +330,8 @@ def score_cam(model: nn.Module, x, target_layer: nn.Module | None = None, target
     top_k : int, optional
         Channels scored in ``"fast"`` mode (default :data:`DEFAULT_TOP_K`); ignored otherwise.
     chunk_size : int
-        Masked inputs scored per forward pass; bounds the memory used.
+        The most masked inputs scored per forward pass; bounds the memory used. On a CPU fewer are used
+        for large images (about half a megapixel per pass, which runs fastest).
     bf16 : {"auto", True, False}
         bf16 autocast for the masked forward passes. ``"auto"``: on in ``"fast"`` mode where the hardware
         has native bf16 (:func:`bf16_available`), off otherwise. ``True`` is refused in ``"exact"`` mode,
@@ -366,6 +370,8 @@ def score_cam(model: nn.Module, x, target_layer: nn.Module | None = None, target
         device = torch.device("cpu")
     x = _as_input(x).to(device)
     n, size = x.shape[0], (int(x.shape[-2]), int(x.shape[-1]))
+    if device.type == "cpu":
+        chunk_size = max(1, min(chunk_size, _CPU_CHUNK_PIXELS // (size[0] * size[1])))
     use_bf16 = (mode == "fast" and bf16_available(device)) if bf16 == "auto" else bool(bf16)
 
     modes_before = [(m, m.training) for m in model.modules()]

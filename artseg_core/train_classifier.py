@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .checkpoint import load_checkpoint, save_checkpoint
 from .augment import augment_classifier_batch
 
 log = logging.getLogger("artseg.train")
@@ -85,8 +86,8 @@ def fit_classifier(model: torch.nn.Module, x_train: torch.Tensor, y_train: np.nd
     state = {"epoch": 0, "best_loss": math.inf, "best_epoch": -1, "bad_epochs": 0, "history": []}
     best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
     resumed_from = None
-    if checkpoint is not None and Path(checkpoint).exists():
-        ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    ck = load_checkpoint(checkpoint)
+    if ck is not None:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
@@ -138,10 +139,9 @@ def fit_classifier(model: torch.nn.Module, x_train: torch.Tensor, y_train: np.nd
             bar.update(1)
             bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{val_loss:.3f}")
         if checkpoint is not None:
-            tmp = Path(str(checkpoint) + ".tmp")
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                        "generator": g.get_state(), "best_weights": best_weights, "state": state}, tmp)
-            tmp.replace(checkpoint)
+            save_checkpoint(checkpoint, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                         "scheduler": sched.state_dict(),
+                                         "generator": g.get_state(), "best_weights": best_weights, "state": state})
     if bar is not None:
         bar.close()
     model.load_state_dict(best_weights)

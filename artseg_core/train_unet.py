@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .checkpoint import load_checkpoint, save_checkpoint
 from .augment import augment_segmentation_batch
 
 log = logging.getLogger("artseg.train")
@@ -73,8 +74,11 @@ def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def fit_unet(model: torch.nn.Module, images: list[np.ndarray], masks: list[np.ndarray], cfg: UNetFitConfig,
-             device="cpu", checkpoint: Path | None = None, progress: bool = False) -> dict:
+             device="cpu", checkpoint: Path | None = None, progress: bool = False, on_step=None) -> dict:
     """Train ``model`` in place on crops of normalised ``images`` with binary ``masks`` (same shapes).
+
+    ``on_step(step, loss)`` is called after every step (after its checkpoint is written), e.g. for a progress
+    display; an exception it raises interrupts training, which the checkpoint then resumes.
 
     Returns a dict with the loss history (every 10 steps), ``steps_run`` and ``resumed_from``.
     """
@@ -90,8 +94,8 @@ def fit_unet(model: torch.nn.Module, images: list[np.ndarray], masks: list[np.nd
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / max(cfg.steps, 1))))
     step, history, resumed_from = 0, [], None
-    if checkpoint is not None and Path(checkpoint).exists():
-        ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    ck = load_checkpoint(checkpoint)
+    if ck is not None:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
@@ -129,10 +133,11 @@ def fit_unet(model: torch.nn.Module, images: list[np.ndarray], masks: list[np.nd
             bar.update(1)
             bar.set_postfix(loss=f"{float(loss):.3f}")
         if checkpoint is not None and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
-            tmp = Path(str(checkpoint) + ".tmp")
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                        "generator": g.get_state(), "step": step, "history": history}, tmp)
-            tmp.replace(checkpoint)
+            save_checkpoint(checkpoint, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                         "scheduler": sched.state_dict(),
+                                         "generator": g.get_state(), "step": step, "history": history})
+        if on_step is not None:
+            on_step(step, float(loss.detach()))
     if bar is not None:
         bar.close()
     model.eval()

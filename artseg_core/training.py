@@ -149,6 +149,7 @@ def train(images=None, labels=None, *, clean=None, artifact=None, masks=None, pr
 
     # ---- 1. classifier
     t1 = time.perf_counter()
+    torch.manual_seed(seed)  # the networks' initial weights are part of what a seed reproduces
     cls, unet = ArtifactModel.build_networks(prof)
     x_all = torch.cat([resize_for_classifier(im, prof.cls_size) for im in imgs])
     cfit = fit_classifier(cls, x_all[tr], y[tr], x_all[va] if len(va) else None, y[va] if len(va) else None,

@@ -37,6 +37,9 @@ def run_with_peak_rss(argv: list[str], timeout: float | None = None, **popen_kwa
     """Run a command; return ``returncode``, ``wall_s`` and the child's own ``peak_rss_mb``.
 
     The peak is that of the direct child process (its own children are not included).
+    On Linux it is at least the caller's own peak RSS at the time of the spawn (the kernel carries the
+    maximum RSS over ``exec``), so with a large caller it is an upper bound; a child can report its own
+    peak exactly from ``VmHWM`` in ``/proc/self/status`` (``bench/predict.py`` does).
     """
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, **popen_kwargs)

@@ -64,7 +64,7 @@ PROFILES: dict[str, Profile] = {
                     cam_mode="fast", cam_top_k=32, unet_width=16, unet_levels=4, unet_scale=2, unet_tile=256,
                     unet_steps=600, unet_batch=8, unet_lr=2e-3, predict_tile=1024),
     "tiny": Profile(name="tiny", arch="resnet18", cls_width=8, cls_layer4_stride=1, cam_threshold=0.2, cls_size=128, cls_epochs=40, cls_batch=16, cam_mode="fast", cam_top_k=16, unet_width=8, unet_levels=3,
-                    unet_scale=2, unet_tile=128, unet_steps=120, unet_batch=8, unet_lr=3e-3, predict_tile=512),
+                    unet_scale=2, unet_tile=128, unet_steps=400, unet_batch=8, unet_lr=3e-3, predict_tile=512),
 }
 
 

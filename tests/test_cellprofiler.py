@@ -325,8 +325,7 @@ def test_clean_nuclei_counts_match_ground_truth(nuclei_run, engine, truth, plate
 def test_nuclei_on_true_artifacts_are_removed(nuclei_run, truth, model_quality):
     """Efficacy against the truth: most detected nuclei whose true nucleus touches a TRUE artifact are removed,
     clean ones kept, and false nuclei from autofluorescent debris (no true nucleus under the centre, inside a true
-    artifact) removed. Needs a model that segments artifacts; with a model below 0.5 pixel IoU the measured rates
-    are only reported (skip reason)."""
+    artifact) removed. Tolerances depend on how well the model segments (pixel IoU on this plate)."""
     _, rows = _nucleus_table(nuclei_run)
     st = dict(touching=0, touching_removed=0, clean=0, clean_kept=0, debris=0, debris_removed=0)
     for r in rows:
@@ -345,12 +344,18 @@ def test_nuclei_on_true_artifacts_are_removed(nuclei_run, truth, model_quality):
             st["clean_kept"] += r["kept"]
     print(f"\nnuclei vs true artifacts: {st}")
     assert st["touching"] > 0 and st["clean"] > 0
-    if model_quality["pixel_iou"] < 0.5:
-        pytest.skip(f"fixture model too weak to test efficacy against the truth ({model_quality}); measured: {st}")
-    assert st["touching_removed"] >= 0.6 * st["touching"]
-    assert st["clean_kept"] >= 0.85 * st["clean"]
-    if st["debris"]:
-        assert st["debris_removed"] >= 0.6 * st["debris"]
+    removed_rate = st["touching_removed"] / st["touching"]
+    clean_removed_rate = 1 - st["clean_kept"] / st["clean"]
+    if model_quality["pixel_iou"] >= 0.5:  # a model that segments artifacts well
+        assert removed_rate >= 0.6 and st["clean_kept"] >= 0.85 * st["clean"]
+        if st["debris"]:
+            assert st["debris_removed"] >= 0.6 * st["debris"]
+    else:
+        # The session's tiny fixture model (pixel IoU about 0.25 on this plate; measured: 11/26 touching nuclei
+        # removed, 316/318 clean kept) still has to remove nuclei on artifacts far more often than clean ones.
+        assert removed_rate >= 0.3, (model_quality, st)
+        assert st["clean_kept"] >= 0.95 * st["clean"], (model_quality, st)
+        assert removed_rate >= 10 * clean_removed_rate, (model_quality, st)
 
 
 def test_intensity_outside_artifacts_matches_engine_mask(intensity_run, engine, truth, plate, model_quality):

@@ -165,7 +165,8 @@ def _bigimage(work: Path, model, size: int) -> dict:
                                "--child-threshold", repr(thr)], stdout=fh)
     child = json.loads(out_json.read_text() or "{}") if r["returncode"] == 0 else {}
     os.unlink(path)
-    return {"size": [size, size], "dtype": dtype, "unet_threshold": round(thr, 6), "peak_rss_mb": child.get("child_vmhwm_mb") or r["peak_rss_mb"],
+    return {"size": [size, size], "dtype": dtype, "unet_threshold": round(thr, 6),
+            "peak_rss_mb": child.get("child_vmhwm_mb") or r["peak_rss_mb"],
             "wait4_peak_rss_mb": r["peak_rss_mb"], "parent_vmhwm_at_spawn_mb": parent_hwm, "wall_s": r["wall_s"],
             "returncode": r["returncode"], **child,
             "measure": "peak_rss_mb = the child's VmHWM (its own address space, read at the end of its work); "
@@ -245,7 +246,7 @@ def run(quick: bool = False, size: int | None = None, bigimage: bool = True, pap
         # untrained U-Net's noise would otherwise make thousands of objects and time the clean-up)
         models = [ArtifactModel(p, *ArtifactModel.build_networks(p), thresholds={"unet": 2.0}, device="cpu")
                   for p in profs]
-        rates = _rates([(m, False) for m in models], images[:n_paper], 2)
+        rates = _rates([(m, False) for m in models], images[:n_paper], 3)
         nets = {name: {"profile": _profile_summary(p), **r} for name, p, r in zip(names, profs, rates)}
         for name in names:
             log(f"  {name}: {nets[name]['images_per_s']} img/s")
@@ -264,6 +265,8 @@ def run(quick: bool = False, size: int | None = None, bigimage: bool = True, pap
     rec.update({
         "gated_speedup": round(gated["images_per_s"] / ungated["images_per_s"], 3),
         "fast_vs_paper_speedup": round(nets["fast"]["images_per_s"] / nets["paper"]["images_per_s"], 2),
+        "gated_speedup_cpu": round(ungated["cpu_s_per_image"] / gated["cpu_s_per_image"], 3),
+        "fast_vs_paper_speedup_cpu": round(nets["paper"]["cpu_s_per_image"] / nets["fast"]["cpu_s_per_image"], 2),
         "bigimage_peak_rss_mb": big["peak_rss_mb"] if big else None,
         "bigimage_goal_mb": GOAL_MB,
         "bigimage_within_goal": (big["peak_rss_mb"] <= GOAL_MB and big["returncode"] == 0) if big else None,
@@ -271,7 +274,7 @@ def run(quick: bool = False, size: int | None = None, bigimage: bool = True, pap
             "trained_model": {**train_info, "profile_settings": _profile_summary(model.profile)},
             "plate": plate_info,
             "gated": gated, "ungated": ungated,
-            "fast_vs_paper": {"n_images": n_paper, "image_size": list(plate_info["shape"]), "repeats": 2,
+            "fast_vs_paper": {"n_images": n_paper, "image_size": list(plate_info["shape"]), "repeats": 3,
                               "note": "untrained networks (weights do not change the cost), gate=False, "
                                       "U-Net threshold 2 (empty masks: same post-processing for both)",
                               **nets},
@@ -280,7 +283,7 @@ def run(quick: bool = False, size: int | None = None, bigimage: bool = True, pap
         "total_s": round(time.perf_counter() - t_start, 1),
         "machine": machine(), "load_avg": load_average(),
         "note": "shared, loaded machine: timings are noisy (see load_avg); images/s = n / sum over images of "
-                "the fastest of the repeats; "
+                "the fastest of the repeats; *_cpu: the same ratio from process CPU time per image; "
                 "predict time only (images read beforehand), fp32, CPU",
     })
     return rec

@@ -6,18 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import parse_label, read_labels_csv
+from .dataset import find_mask, parse_label, read_labels_csv
 from .io import read_image
 from .metrics import aggregate_pixel_metrics, image_metrics, object_metrics, pixel_auprc, pixel_metrics, roc_auc
-
-
-def _truth_mask(truth_dir: Path, stem: str) -> Path | None:
-    for suf in (".tif", ".tiff", ".png"):
-        for s in (stem, stem + "_mask"):
-            p = truth_dir / (s + suf)
-            if p.is_file():
-                return p
-    return None
 
 
 def _read_types(types_csv) -> dict[tuple[str, int], str]:
@@ -100,7 +91,7 @@ def evaluate_folder(pred_dir, truth_dir, labels_csv=None, types_csv=None, result
     preds, truths, probs = {}, {}, {}
     for mp in sorted(pred_dir.glob("*_mask.tif")):
         name = mp.name[: -len("_mask.tif")]
-        tp = _truth_mask(truth_dir, name)
+        tp = find_mask(truth_dir, Path(f"{name}.tif"))  # the name may contain dots
         if tp is None:
             continue
         preds[name] = read_image(mp, allow_constant=True)

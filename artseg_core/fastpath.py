@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .cpus import available_cpus
+
 __all__ = ["cpu_flags", "bf16_supported", "autocast_context", "set_threads", "available_cpus",
            "FusedConvReLU2d", "fuse_conv_relu", "fold_batchnorm", "prepare_for_inference"]
 
@@ -88,21 +90,6 @@ def autocast_context(device: str | torch.device = "cpu", enabled: bool | None = 
     if not use:
         return contextlib.nullcontext()
     return torch.autocast(device_type=dev.type, dtype=torch.bfloat16)
-
-
-def available_cpus() -> int:
-    """CPUs this process may run on (affinity mask / cgroup quota aware where possible)."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        n = os.cpu_count() or 1
-    try:  # cgroup v2 CPU quota
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            n = min(n, max(1, int(int(quota) // int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, n)
 
 
 def set_threads(n: int | None = None) -> int:

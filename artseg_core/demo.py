@@ -65,7 +65,7 @@ def run_demo(out, seed: int = 0, quick: bool = False, progress: bool = True) -> 
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     size = 256 if quick else 512
-    tr_shape = dict(rows=4, cols=6, fields=2) if quick else dict(rows=4, cols=6, fields=4)
+    tr_shape = dict(rows=4, cols=6, fields=2) if quick else dict(rows=4, cols=10, fields=5)
     te_shape = dict(rows=2, cols=3, fields=2) if quick else dict(rows=2, cols=6, fields=2)
     print(f"[1/4] generating phantom plates in {out} ...", flush=True)
     train_plate, test_plate = out / "plate_train", out / "plate_test"

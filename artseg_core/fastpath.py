@@ -18,6 +18,7 @@ from torch import nn
 from .cpus import available_cpus
 
 __all__ = ["cpu_flags", "bf16_supported", "autocast_context", "set_threads", "available_cpus",
+           "TrainingPrecision", "training_precision",
            "FusedConvReLU2d", "fuse_conv_relu", "fold_batchnorm", "prepare_for_inference"]
 
 _BF16_FLAGS = ("amx_bf16", "avx512_bf16")
@@ -90,6 +91,44 @@ def autocast_context(device: str | torch.device = "cpu", enabled: bool | None = 
     if not use:
         return contextlib.nullcontext()
     return torch.autocast(device_type=dev.type, dtype=torch.bfloat16)
+
+
+class TrainingPrecision:
+    """How a training loop runs its forward pass: plain fp32 (the reference), or channels-last with bf16 autocast.
+
+    Use :func:`training_precision` to build one; ``input(x)`` puts a batch in the model's memory format,
+    ``autocast()`` wraps the forward pass, ``restore()`` puts the model back in the standard layout after training.
+    Losses should be computed on ``logits.float()``; the optimiser keeps fp32 master weights either way.
+    """
+
+    def __init__(self, model: nn.Module, channels_last: bool, bf16: bool, device_type: str):
+        self.model, self.channels_last, self.bf16, self.device_type = model, channels_last, bf16, device_type
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+
+    def input(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+
+    def autocast(self):
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device_type, dtype=torch.bfloat16)
+
+    def restore(self) -> None:
+        if self.channels_last:
+            self.model.to(memory_format=torch.contiguous_format)
+
+    def describe(self) -> str:
+        return ("bf16 autocast, " if self.bf16 else "fp32, ") + ("channels-last" if self.channels_last else "NCHW")
+
+
+def training_precision(model: nn.Module, device="cpu", fast_math: bool = False) -> TrainingPrecision:
+    """Fast training maths when asked for: channels-last always, bf16 autocast only where bf16 is native
+    (:func:`bf16_supported`); otherwise fp32 NCHW, the reference path."""
+    dev = torch.device(device)
+    if not fast_math:
+        return TrainingPrecision(model, False, False, dev.type)
+    return TrainingPrecision(model, True, bf16_supported(dev), dev.type)
 
 
 def set_threads(n: int | None = None) -> int:

@@ -37,6 +37,8 @@ class Profile:
     unet_steps: int = 3000
     unet_batch: int = 4
     unet_lr: float = 1e-3
+    # both trainings
+    train_fast_math: bool = False  # channels-last + bf16 autocast where bf16 is native (fp32 is the reference)
     # prediction
     predict_tile: int = 1024
     predict_overlap: int = 128
@@ -60,7 +62,7 @@ PROFILES: dict[str, Profile] = {
     "paper": Profile(name="paper", arch="resnet50", cls_width=64, cls_size=512, cam_mode="exact",
                      unet_width=64, unet_levels=5, unet_scale=1, unet_tile=512, unet_steps=6000, unet_batch=4,
                      predict_tile=1024),
-    "fast": Profile(name="fast", arch="resnet18", cls_width=16, cls_layer4_stride=1, cam_threshold=0.2, cls_size=256, cls_epochs=40, cls_batch=16,
+    "fast": Profile(name="fast", arch="resnet18", cls_width=16, cls_layer4_stride=1, cam_threshold=0.2, cls_size=256, cls_epochs=80, cls_batch=16,
                     cam_mode="fast", cam_top_k=32, unet_width=16, unet_levels=4, unet_scale=2, unet_tile=256,
                     unet_steps=600, unet_batch=8, unet_lr=2e-3, predict_tile=1024),
     "tiny": Profile(name="tiny", arch="resnet18", cls_width=8, cls_layer4_stride=1, cam_threshold=0.2, cls_size=128, cls_epochs=40, cls_batch=16, cam_mode="fast", cam_top_k=16, unet_width=8, unet_levels=3,

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .augment import augment_classifier_batch
+from .fastpath import training_precision
 
 log = logging.getLogger("artseg.train")
 
@@ -30,6 +31,7 @@ class ClassifierFitConfig:
     early_stop: int = 20
     seed: int = 0
     min_steps_per_epoch: int = 8   # small sets still get enough updates per "epoch"
+    fast_math: bool = False        # channels-last + bf16 autocast where the hardware has bf16 (about 2x on CPU)
 
 
 def resize_for_classifier(image: np.ndarray, size: int) -> torch.Tensor:
@@ -99,6 +101,7 @@ def fit_classifier(model: torch.nn.Module, x_train: torch.Tensor, y_train: np.nd
 
     n = len(y_train_t)
     steps = max(cfg.min_steps_per_epoch, math.ceil(n / cfg.batch_size))
+    prec = training_precision(model, device, cfg.fast_math)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -109,8 +112,10 @@ def fit_classifier(model: torch.nn.Module, x_train: torch.Tensor, y_train: np.nd
         tot = 0.0
         for s in range(steps):
             b = idx[s * cfg.batch_size:(s + 1) * cfg.batch_size]
-            xb = augment_classifier_batch(x_train[b], g).to(device)
-            loss = F.cross_entropy(model(xb), y_train_t[b].to(device))
+            xb = prec.input(augment_classifier_batch(x_train[b], g).to(device))
+            with prec.autocast():
+                logits = model(xb)
+            loss = F.cross_entropy(logits.float(), y_train_t[b].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -119,7 +124,8 @@ def fit_classifier(model: torch.nn.Module, x_train: torch.Tensor, y_train: np.nd
         if have_val:
             model.eval()
             with torch.no_grad():
-                logits = torch.cat([model(x_val[i:i + 64].to(device)).cpu() for i in range(0, len(x_val), 64)])
+                logits = torch.cat([model(prec.input(x_val[i:i + 64].to(device))).float().cpu()
+                                    for i in range(0, len(x_val), 64)])
             val_loss = float(F.cross_entropy(logits, y_val_t))
             val_acc = float((logits.argmax(1) == y_val_t).float().mean())
         else:
@@ -145,6 +151,7 @@ def fit_classifier(model: torch.nn.Module, x_train: torch.Tensor, y_train: np.nd
     if bar is not None:
         bar.close()
     model.load_state_dict(best_weights)
+    prec.restore()
     model.eval()
     return {"history": state["history"], "best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
             "resumed_from": resumed_from}

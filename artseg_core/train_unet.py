@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .augment import augment_segmentation_batch
+from .fastpath import training_precision
 
 log = logging.getLogger("artseg.train")
 
@@ -31,6 +32,7 @@ class UNetFitConfig:
     seed: int = 0
     foreground_crop_fraction: float = 0.5
     checkpoint_every: int = 50
+    fast_math: bool = False   # channels-last + bf16 autocast where the hardware has bf16 (about 2x on CPU)
 
 
 def _crop(img: np.ndarray, top: int, left: int, tile: int) -> np.ndarray:
@@ -111,13 +113,16 @@ def fit_unet(model: torch.nn.Module, images: list[np.ndarray], masks: list[np.nd
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=cfg.steps, initial=step, desc="U-Net", unit="step")
+    prec = training_precision(model, device, cfg.fast_math)
     model.train()
     running = 0.0
     while step < cfg.steps:
         idx = torch.randint(0, len(images), (cfg.batch_size,), generator=g)
         x, y = _sample_crops(images, masks, fg_coords, idx, cfg.tile, g, cfg.foreground_crop_fraction)
         x, y = augment_segmentation_batch(x, y, g)
-        loss = dice_bce_loss(model(x.to(device)), y.to(device))
+        with prec.autocast():
+            logits = model(prec.input(x.to(device)))
+        loss = dice_bce_loss(logits.float(), y.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -131,7 +136,7 @@ def fit_unet(model: torch.nn.Module, images: list[np.ndarray], masks: list[np.nd
             running = 0.0
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
         if checkpoint is not None and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
             save_checkpoint(checkpoint, {"model": model.state_dict(), "optimizer": opt.state_dict(),
                                          "scheduler": sched.state_dict(),
@@ -140,5 +145,6 @@ def fit_unet(model: torch.nn.Module, images: list[np.ndarray], masks: list[np.nd
             on_step(step, float(loss.detach()))
     if bar is not None:
         bar.close()
+    prec.restore()
     model.eval()
     return {"history": history, "steps_run": step, "resumed_from": resumed_from}

@@ -154,7 +154,8 @@ def train(images=None, labels=None, *, clean=None, artifact=None, masks=None, pr
     x_all = torch.cat([resize_for_classifier(im, prof.cls_size) for im in imgs])
     cfit = fit_classifier(cls, x_all[tr], y[tr], x_all[va] if len(va) else None, y[va] if len(va) else None,
                           ClassifierFitConfig(epochs=prof.cls_epochs, batch_size=prof.cls_batch, lr=prof.cls_lr,
-                                              plateau=prof.cls_plateau, early_stop=prof.cls_early_stop, seed=seed),
+                                              plateau=prof.cls_plateau, early_stop=prof.cls_early_stop, seed=seed,
+                                              fast_math=prof.train_fast_math),
                           device=dev, checkpoint=work / "classifier.ckpt", progress=progress)
     p_all = predict_proba(cls, x_all, device=dev)
     cls_thr = best_classifier_threshold(y[va], p_all[va]) if len(va) else 0.5
@@ -202,7 +203,7 @@ def train(images=None, labels=None, *, clean=None, artifact=None, masks=None, pr
 
     ufit = fit_unet(unet, [imgs[i] for i in tr], [target(i) for i in tr],
                     UNetFitConfig(steps=prof.unet_steps, batch_size=prof.unet_batch, tile=prof.unet_tile,
-                                  lr=prof.unet_lr, seed=seed),
+                                  lr=prof.unet_lr, seed=seed, fast_math=prof.train_fast_math),
                     device=dev, checkpoint=work / "unet.ckpt", progress=progress)
     t_unet = time.perf_counter() - t3
 

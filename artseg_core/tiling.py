@@ -90,7 +90,10 @@ def tile_starts(size: int, tile: int, overlap: int, divisor: int = 1) -> tuple[l
         Tile start offsets, increasing; neighbouring tiles overlap by at least ``overlap``.
     length : int
         Tile length. When ``size <= tile`` there is one tile of length ``size`` rounded up to
-        ``divisor`` (the caller pads the image); otherwise ``length`` is the rounded tile.
+        ``divisor`` (the caller pads the image). Otherwise the fewest tiles of at most ``tile``
+        that cover the axis are used, and their length is shrunk to the shortest multiple of
+        ``divisor`` that still covers it with ``overlap``: a 1080-pixel axis with tile 1024 and
+        overlap 128 gets two 608-pixel tiles, not two 1024-pixel ones (2.8x less computation).
     """
     if size < 1:
         raise ValueError(f"axis length must be >= 1, got {size}")
@@ -101,12 +104,25 @@ def tile_starts(size: int, tile: int, overlap: int, divisor: int = 1) -> tuple[l
         raise ValueError(f"overlap must be in [0, tile) = [0, {tile}), got {overlap}")
     if size <= tile:
         return [0], _round_up(size, divisor)
+    # shortest length (multiple of divisor, <= tile) whose tiles, as many as the full tile needs, still cover
+    n_full = len(_starts(size, tile, overlap, divisor))
+    length = tile
+    for cand in range(_round_up(-(-(size + (n_full - 1) * overlap) // n_full), divisor), tile, divisor):
+        if cand > overlap and len(_starts(size, cand, overlap, divisor)) <= n_full:
+            length = cand
+            break
+    return _starts(size, length, overlap, divisor), length
+
+
+def _starts(size: int, tile: int, overlap: int, divisor: int) -> list[int]:
+    """Starts of tiles of length ``tile`` (< size): steps of at most ``tile - overlap``, multiples of divisor,
+    the last tile ending at the axis end."""
     step = tile - overlap
     if step >= divisor:
         step = (step // divisor) * divisor
     starts = list(range(0, size - tile, step))
     starts.append(size - tile)
-    return starts, tile
+    return starts
 
 
 def iter_tiles(shape: tuple[int, int], tile: int | tuple[int, int] = 512, overlap: int = 64,

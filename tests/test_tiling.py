@@ -145,3 +145,20 @@ def test_bad_inputs_raise():
         predict_tiled(lambda b: b[:, 0], np.zeros((40, 40), np.float32), tile=32, overlap=8)
     with pytest.raises(ValueError, match="overlap"):
         predict_tiled(lambda b: b, np.zeros((100, 100)), tile=64, overlap=64)
+
+
+def test_tiles_are_shrunk_to_cover_the_axis_without_waste():
+    # a 1080-pixel field with 1024 tiles: two tiles are needed, but not two full 1024-pixel ones
+    starts, length = tile_starts(1080, 1024, 128, 16)
+    assert len(starts) == 2 and length == 608 and starts[-1] + length == 1080
+    assert starts[0] + length - starts[1] >= 128
+    for size in (300, 513, 700, 1080, 1337, 2156, 2556):
+        for tile, overlap, div in ((256, 32, 16), (512, 64, 8), (1024, 128, 32)):
+            st, ln = tile_starts(size, tile, overlap, div)
+            if size <= tile:
+                continue
+            full = list(range(0, size - tile, (tile - overlap) // div * div)) + [size - tile]
+            assert len(st) == len(full), (size, tile)  # never more tiles than the requested length needs
+            assert ln <= tile and ln % div == 0 and st[0] == 0 and st[-1] + ln == size
+            assert all(s % div == 0 for s in st[:-1])
+            assert all(a + ln - b >= overlap for a, b in zip(st, st[1:])), (size, tile, st, ln)

@@ -558,13 +558,16 @@ def write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> P
     return Path(path)
 
 
-def write_png(path: str | os.PathLike, array: np.ndarray) -> Path:
+def write_png(path: str | os.PathLike, array: np.ndarray, compress_level: int = 1) -> Path:
     """Write a PNG atomically.
 
     Parameters
     ----------
     array : numpy.ndarray
         uint8 of shape (H, W), (H, W, 3) or (H, W, 4); uint16 (H, W); or bool (H, W), written as 0/255.
+    compress_level : int
+        zlib level 0-9. The default 1 encodes several times faster than PIL's 6 (the encoder was half of
+        ``artseg predict --overlay``'s time) for files about 10-20 % larger; PNG stays lossless either way.
 
     Returns the destination path.
     """
@@ -583,7 +586,7 @@ def write_png(path: str | os.PathLike, array: np.ndarray) -> Path:
     else:
         img = Image.fromarray(np.ascontiguousarray(a))
     with atomic_write(path, "wb") as fh:
-        img.save(fh, format="PNG")
+        img.save(fh, format="PNG", compress_level=int(compress_level))
     return Path(path)
 
 

@@ -101,8 +101,8 @@ class TrainingPrecision:
     Losses should be computed on ``logits.float()``; the optimiser keeps fp32 master weights either way.
     """
 
-    def __init__(self, model: nn.Module, channels_last: bool, bf16: bool, device_type: str):
-        self.model, self.channels_last, self.bf16, self.device_type = model, channels_last, bf16, device_type
+    def __init__(self, model: nn.Module, channels_last: bool, bf16: bool, device: torch.device):
+        self.model, self.channels_last, self.bf16, self.device = model, channels_last, bf16, device
         if channels_last:
             model.to(memory_format=torch.channels_last)
 
@@ -110,16 +110,11 @@ class TrainingPrecision:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
 
     def autocast(self):
-        if not self.bf16:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device_type, dtype=torch.bfloat16)
+        return autocast_context(self.device, enabled=self.bf16)
 
     def restore(self) -> None:
         if self.channels_last:
             self.model.to(memory_format=torch.contiguous_format)
-
-    def describe(self) -> str:
-        return ("bf16 autocast, " if self.bf16 else "fp32, ") + ("channels-last" if self.channels_last else "NCHW")
 
 
 def training_precision(model: nn.Module, device="cpu", fast_math: bool = False) -> TrainingPrecision:
@@ -127,8 +122,8 @@ def training_precision(model: nn.Module, device="cpu", fast_math: bool = False) 
     (:func:`bf16_supported`); otherwise fp32 NCHW, the reference path."""
     dev = torch.device(device)
     if not fast_math:
-        return TrainingPrecision(model, False, False, dev.type)
-    return TrainingPrecision(model, True, bf16_supported(dev), dev.type)
+        return TrainingPrecision(model, False, False, dev)
+    return TrainingPrecision(model, True, bf16_supported(dev), dev)
 
 
 def set_threads(n: int | None = None) -> int:

@@ -8,7 +8,8 @@ A phantom plate of >= 200 fields is written once; then, on the same images and t
 * ``loop 1 core``: the same loop with one torch thread - one worker's share of the machine in a 2-worker run;
 * ``runner x1``: ``run_batch(workers=1)`` - in-process worker, prefetch, mask files written atomically, one
   fsync'ed journal line per image, tables at the end;
-* ``runner x2``: ``run_batch(workers=2)`` - two spawned worker processes, torch threads = cores // 2 each.
+* ``runner x2``: ``run_batch(workers=2)`` - two worker processes forked from a fork server, torch threads =
+  cores // 2 each.
 
 Runner rates are wall-clock over the whole ``run_batch`` call (start-up, model loading in the workers and the
 final tables included); ``*_steady`` rates count from the first finished image to the last.
@@ -16,7 +17,7 @@ final tables included); ``*_steady`` rates count from the first finished image t
 The default model is an untrained network of the ``fast`` profile (the CPU profile users train) with the
 classifier gate off, so every image runs the classifier and the U-Net (the weights do not change the cost; gating
 would); fields are 512x512. ``--model`` uses a real model, ``--profile tiny --size 256`` a much lighter load, where
-the workers' start-up (spawning Python, importing torch, loading the model: about 2 s) weighs more.
+the workers' start-up (the fork server importing torch, the workers loading the model: about 2 s) weighs more.
 
 Prints progress on stderr and ONE JSON line on stdout: ``runner_vs_loop`` (x1 / loop, same cores),
 ``images_per_s`` (runner x1), ``runner2_vs_loop`` (x2 / the 1-core loop: how the runner scales from one core to

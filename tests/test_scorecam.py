@@ -53,18 +53,23 @@ def _blob_images(n: int, size: int, seed: int, radius=(5.0, 9.0), p: float = 0.5
     return torch.from_numpy(x), torch.from_numpy(y), masks
 
 
-@pytest.fixture(scope="module")
-def small_resnet():
-    """ResNet18 (width 8, 64 channels in layer4), trained for a few steps so that channel scores differ."""
+def _blob_resnet(steps: int, batch: int, first_seed: int) -> nn.Module:
+    """ResNet18 (width 8, 64 channels in layer4) trained ``steps`` Adam steps on 64x64 blob images, in eval mode."""
     torch.manual_seed(0)
     model = resnet18(in_channels=1, num_classes=2, width=8)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for step in range(6):
-        x, y, _ = _blob_images(8, 64, seed=step)
+    for step in range(steps):
+        x, y, _ = _blob_images(batch, 64, seed=first_seed + step)
         opt.zero_grad()
         F.cross_entropy(model(x), y).backward()
         opt.step()
     return model.eval()
+
+
+@pytest.fixture(scope="module")
+def small_resnet():
+    """Trained for a few steps only, so that channel scores differ."""
+    return _blob_resnet(steps=6, batch=8, first_seed=0)
 
 
 class TinyCNN(nn.Module):
@@ -178,16 +183,8 @@ def test_paper_mode_uses_class_probabilities(small_resnet):
 
 @pytest.fixture(scope="module")
 def blob_model():
-    """ResNet18 (width 8) trained until it finds dark disks: a model with a clear Score-CAM target."""
-    torch.manual_seed(0)
-    model = resnet18(in_channels=1, num_classes=2, width=8)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for step in range(40):
-        x, y, _ = _blob_images(16, 64, seed=100 + step)
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-    return model.eval()
+    """Trained until it finds dark disks: a model with a clear Score-CAM target."""
+    return _blob_resnet(steps=40, batch=16, first_seed=100)
 
 
 @pytest.mark.parametrize("bf16", [False, "auto"])

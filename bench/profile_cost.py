@@ -41,6 +41,22 @@ def _median_step(fn, steps: int) -> float:
     return times[len(times) // 2]
 
 
+def _train_step(net, loss_fn, x, y, lr: float):
+    """One training step of ``net`` on the batch ``(x, y)``: forward, loss, backward, Adam (as ``train`` runs)."""
+    import torch
+
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+
+    def step():
+        net.train()
+        loss = loss_fn(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="paper")
@@ -68,17 +84,8 @@ def main(argv=None) -> dict:
 
     x = torch.rand(p.cls_batch, 1, p.cls_size, p.cls_size)
     y = torch.arange(p.cls_batch) % 2
-    opt = torch.optim.Adam(cls.parameters(), lr=p.cls_lr)
-
-    def cls_step():
-        cls.train()
-        loss = F.cross_entropy(cls(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
     log(f"{p.name}: classifier step ({p.arch}, width {p.cls_width}, {p.cls_batch} x {p.cls_size}^2) ...")
-    cls_s = _median_step(cls_step, a.steps)
+    cls_s = _median_step(_train_step(cls, F.cross_entropy, x, y, p.cls_lr), a.steps)
     log(f"  {cls_s:.3f} s")
 
     n_channels = cls.layer4[-1].conv2.out_channels if p.arch == "resnet18" else cls.layer4[-1].conv3.out_channels
@@ -97,17 +104,8 @@ def main(argv=None) -> dict:
 
     xu = torch.rand(p.unet_batch, 1, p.unet_tile, p.unet_tile)
     yu = (torch.rand(p.unet_batch, 1, p.unet_tile, p.unet_tile) > 0.9).float()
-    uopt = torch.optim.Adam(unet.parameters(), lr=p.unet_lr)
-
-    def unet_step():
-        unet.train()
-        loss = dice_bce_loss(unet(xu), yu)
-        uopt.zero_grad(set_to_none=True)
-        loss.backward()
-        uopt.step()
-
     log(f"U-Net step ({p.unet_width} filters, {p.unet_levels} levels, {p.unet_batch} x {p.unet_tile}^2) ...")
-    unet_s = _median_step(unet_step, a.steps)
+    unet_s = _median_step(_train_step(unet, dice_bce_loss, xu, yu, p.unet_lr), a.steps)
     log(f"  {unet_s:.3f} s")
 
     n_train = round(0.8 * a.fields)

@@ -137,20 +137,30 @@ def test_ctrl_c_writes_tables_of_what_finished_then_resume(plate48, trained_mode
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "artseg_core.cli", "batch", str(plate48), "-m", str(trained_model_path), "-o",
            str(out), "--quiet"]
+    # The run gets Ctrl-C's default disposition even where this test was started with SIGINT ignored (a
+    # background job of a non-interactive shell, `nohup cmd &`): an ignored SIGINT is inherited, and Python then
+    # installs no KeyboardInterrupt handler - the run would simply finish (seen once when CI was started that way).
     proc = subprocess.Popen(cmd, env=_env(), start_new_session=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 600
         while time.time() < deadline and proc.poll() is None:
             if (out / JOURNAL).exists() and (out / JOURNAL).read_bytes().count(b"\n") >= 3:
                 break
             time.sleep(0.01)
+        # Freeze the run, then send the SIGINT, then let it go on: how soon this process gets a core back
+        # cannot decide whether the signal lands mid-plate (a 256x256 field takes ~10 ms).
+        os.kill(proc.pid, signal.SIGSTOP)
+        frozen_at = (out / JOURNAL).read_bytes().count(b"\n") if (out / JOURNAL).exists() else 0
         proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        os.kill(proc.pid, signal.SIGCONT)
         _, err = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+    assert frozen_at < 46, f"the run was stopped too late to test Ctrl-C ({frozen_at} of 48 images done)"
     assert proc.returncode == 130, err[-2000:]
     assert "interrupted" in err and "rerun the same command" in err
     partial = _rows(out)

@@ -13,7 +13,8 @@ pieces ``artseg_core.train`` repeats, on the networks the profile builds (untrai
 and multiplies them by the counts ``train`` runs for ``--fields`` training fields (80 % train, 20 % validation,
 half of them artifact fields): ``cls_epochs x ceil(0.8 fields / cls_batch)`` classifier steps, one Score-CAM per
 artifact field, ``unet_steps`` U-Net steps. Reading, augmentation, validation passes and calibration are left
-out, so the projection is a lower bound; run it for ``fast`` to compare with a measured ``artseg demo``.
+out; the masked forwards are timed in fp32, while ``fast`` mode scores them in bf16 where the CPU has it (its
+Score-CAM part comes out high). Run it for ``fast`` to compare with a measured ``artseg demo``.
 
 Prints progress on stderr and ONE JSON line: the per-step seconds and ``projected_train_s`` (with its parts).
 """

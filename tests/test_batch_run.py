@@ -151,6 +151,7 @@ def test_ctrl_c_writes_tables_of_what_finished_then_resume(plate48, trained_mode
             time.sleep(0.01)
         # Freeze the run, then send the SIGINT, then let it go on: how soon this process gets a core back
         # cannot decide whether the signal lands mid-plate (a 256x256 field takes ~10 ms).
+        assert proc.poll() is None, f"the run ended before it could be interrupted: {proc.stderr.read()[-2000:]}"
         os.kill(proc.pid, signal.SIGSTOP)
         frozen_at = (out / JOURNAL).read_bytes().count(b"\n") if (out / JOURNAL).exists() else 0
         proc.send_signal(signal.SIGINT)  # what Ctrl-C sends

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from artseg_core import load_model, train  # noqa: E402
 from artseg_core.evaluate import evaluate_arrays  # noqa: E402
 from artseg_core.io import list_images, normalize, read_image  # noqa: E402
-from artseg_core.metrics import image_metrics  # noqa: E402
+from artseg_core.metrics import image_metrics, roc_auc  # noqa: E402
 from artseg_core.phantoms import make_plate  # noqa: E402
 from artseg_core.postprocess import clean_mask  # noqa: E402
 
@@ -70,7 +70,7 @@ def score_model(model, imgs, truth, labels) -> dict:
     im = image_metrics(ys, fl, threshold=0.5)
     return {"iou": rep["pixel_artifact_images"]["mean_iou"], "pooled_iou": rep["pixel_artifact_images"]["pooled_iou"],
             "object_f1": rep["object"]["f1"], "image_f1": im["f1"], "image_precision": im["precision"],
-            "image_recall": im["recall"], "image_roc_auc": image_metrics(ys, ps)["roc_auc"]}
+            "image_recall": im["recall"], "image_roc_auc": roc_auc(ys, ps)}
 
 
 def main(argv=None) -> dict:
@@ -87,11 +87,12 @@ def main(argv=None) -> dict:
         shutil.rmtree(out)
     t0 = time.perf_counter()
     trp, tep = out / "train_plate", out / "test_plate"
-    make_plate(trp, rows=4, cols=6 if a.quick else 10, fields=2 if a.quick else 5, prevalence=0.5, seed=a.seed,
-               shape=(size, size), plate="train")  # 48 fields with --quick, else 200 (as the demo)
-    # 96 test fields (24 with --quick): one wrong field moves image F1 by about 0.02 rather than 0.08
-    make_plate(tep, rows=4 if not a.quick else 2, cols=12 if not a.quick else 6, fields=2, prevalence=0.5,
-               seed=a.seed + 1000, shape=(size, size), plate="test")
+    # train: 48 fields with --quick, else 200 (as the demo); test: 24 or 96 fields (with 96, one wrong field moves
+    # image F1 by about 0.02 rather than 0.08)
+    tr_shape = dict(rows=4, cols=6, fields=2) if a.quick else dict(rows=4, cols=10, fields=5)
+    te_shape = dict(rows=2, cols=6, fields=2) if a.quick else dict(rows=4, cols=12, fields=2)
+    make_plate(trp, **tr_shape, prevalence=0.5, seed=a.seed, shape=(size, size), plate="train")
+    make_plate(tep, **te_shape, prevalence=0.5, seed=a.seed + 1000, shape=(size, size), plate="test")
     imgs, truth, labels = test_set(tep)
     results, seconds = {}, {}
     variants = [("weak", dict(edge_refine=False)), ("weak_edge", dict(edge_refine=True)),
@@ -115,7 +116,7 @@ def main(argv=None) -> dict:
                            "pooled_iou": base["pixel_artifact_images"]["pooled_iou"], "object_f1": base["object"]["f1"]}
     line = {
         "bench": "accuracy", "profile": profile, "image_size": size,
-        "n_train": 48 if a.quick else 200, "n_test": len(imgs),
+        "n_train": int(np.prod(list(tr_shape.values()))), "n_test": len(imgs),
         "weak_iou": round(results["weak"]["iou"], 4), "weak_edge_iou": round(results["weak_edge"]["iou"], 4),
         "strong_iou": round(results["strong"]["iou"], 4), "baseline_iou": round(results["baseline"]["iou"], 4),
         "image_f1": round(results["weak"]["image_f1"], 4), "image_roc_auc": round(results["weak"]["image_roc_auc"], 4),

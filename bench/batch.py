@@ -17,8 +17,9 @@ final tables included); ``*_steady`` rates count from the first finished image t
 The default model is an untrained network of the ``fast`` profile (the CPU profile users train) with the
 classifier gate off, so every image runs the classifier and the U-Net (the weights do not change the cost; gating
 would); fields are 1080x1080 by default, the field of the Operetta/Opera plates in ``../shared/data/real``
-(``--size 512`` for a lighter load). ``--model`` uses a real model, ``--profile tiny --size 256`` a much lighter load, where
-the workers' start-up (the fork server importing torch, the workers loading the model: about 2 s) weighs more.
+(``--size 512`` for a lighter load). ``--model`` uses a real model, ``--profile tiny --size 256`` a much lighter
+load, where the workers' start-up (the fork server importing torch, the workers loading the model: about 2 s)
+weighs more.
 
 Prints progress on stderr and ONE JSON line on stdout: ``runner_vs_loop`` (x1 / loop, same cores),
 ``images_per_s`` (runner x1), ``runner2_vs_loop`` (x2 / the 1-core loop: how the runner scales from one core to
@@ -108,7 +109,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fields", type=int, default=200, help="fields in the phantom plate (>= 200 for the goal)")
     ap.add_argument("--size", type=int, default=1080, help="field size in pixels (1080: an Operetta field)")
-    ap.add_argument("--model", type=Path, default=None, help="model file (default: untrained 'tiny', gate off)")
+    ap.add_argument("--model", type=Path, default=None,
+                    help="model file (default: an untrained --profile model, gate off)")
     ap.add_argument("--profile", default="fast", help="profile of the default untrained model")
     ap.add_argument("--out", type=Path, default=Path("bench_out/batch"))
     ap.add_argument("--keep", action="store_true", help="keep the runner outputs")

@@ -24,22 +24,10 @@ import argparse
 import math
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench._common import emit, load_average, log, machine, reexec_with_allocator  # noqa: E402
-
-
-def _median_step(fn, steps: int) -> float:
-    fn()  # warm-up: allocator, kernels
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    times.sort()
-    return times[len(times) // 2]
+from bench._common import emit, load_average, log, machine, reexec_with_allocator, timeit  # noqa: E402
 
 
 def _train_step(net, loss_fn, x, y, lr: float):
@@ -75,7 +63,9 @@ def main(argv=None) -> dict:
     from artseg_core.fastpath import available_cpus, set_threads
     from artseg_core.model import ArtifactModel
     from artseg_core.profiles import get_profile
+    from artseg_core.train_classifier import ClassifierFitConfig
     from artseg_core.train_unet import dice_bce_loss
+    from artseg_core.training import stratified_split
 
     set_threads(available_cpus())
     load0 = load_average()
@@ -86,11 +76,10 @@ def main(argv=None) -> dict:
     x = torch.rand(p.cls_batch, 1, p.cls_size, p.cls_size)
     y = torch.arange(p.cls_batch) % 2
     log(f"{p.name}: classifier step ({p.arch}, width {p.cls_width}, {p.cls_batch} x {p.cls_size}^2) ...")
-    cls_s = _median_step(_train_step(cls, F.cross_entropy, x, y, p.cls_lr), a.steps)
+    cls_s = timeit(_train_step(cls, F.cross_entropy, x, y, p.cls_lr), repeats=a.steps)["median"]
     log(f"  {cls_s:.3f} s")
 
-    n_channels = cls.layer4[-1].conv2.out_channels if p.arch == "resnet18" else cls.layer4[-1].conv3.out_channels
-    scored = n_channels if p.cam_mode in ("exact", "paper") else min(p.cam_top_k, n_channels)
+    scored = cls.num_features if p.cam_mode in ("exact", "paper") else min(p.cam_top_k, cls.num_features)
     xm = torch.rand(2, 1, p.cls_size, p.cls_size)
 
     @torch.no_grad()
@@ -99,18 +88,19 @@ def main(argv=None) -> dict:
         cls(xm)
 
     log(f"masked forward (2 x {p.cls_size}^2) ...")
-    fwd_s = _median_step(masked_forward, a.steps) / 2
+    fwd_s = timeit(masked_forward, repeats=a.steps)["median"] / 2
     cam_s = fwd_s * scored
     log(f"  {fwd_s:.4f} s per masked input; Score-CAM ({p.cam_mode}, {scored} channels) ~ {cam_s:.1f} s per image")
 
     xu = torch.rand(p.unet_batch, 1, p.unet_tile, p.unet_tile)
     yu = (torch.rand(p.unet_batch, 1, p.unet_tile, p.unet_tile) > 0.9).float()
     log(f"U-Net step ({p.unet_width} filters, {p.unet_levels} levels, {p.unet_batch} x {p.unet_tile}^2) ...")
-    unet_s = _median_step(_train_step(unet, dice_bce_loss, xu, yu, p.unet_lr), a.steps)
+    unet_s = timeit(_train_step(unet, dice_bce_loss, xu, yu, p.unet_lr), repeats=a.steps)["median"]
     log(f"  {unet_s:.3f} s")
 
-    n_train = round(0.8 * a.fields)
-    cls_steps = p.cls_epochs * max(8, math.ceil(n_train / p.cls_batch))
+    labels = torch.arange(a.fields).numpy() % 2  # half artifact fields; train()'s default 20 % validation split
+    n_train = len(stratified_split(labels, 0.2, 0)[0])
+    cls_steps = p.cls_epochs * max(ClassifierFitConfig().min_steps_per_epoch, math.ceil(n_train / p.cls_batch))
     n_cam = a.fields // 2
     parts = {"classifier_s": round(cls_steps * cls_s, 1), "scorecam_s": round(n_cam * cam_s, 1),
              "unet_s": round(p.unet_steps * unet_s, 1)}

@@ -80,7 +80,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--profile", default=None, help="profile (default fast; tiny with --quick)")
     ap.add_argument("--train-fields", type=int, default=None,
-                    help="training fields, rounded to whole fields per well of a 4x10 plate (default 200; 48 with --quick)")
+                    help="training fields, rounded to whole fields per well of a 4x10 plate "
+                         "(default 200; 48 with --quick)")
     ap.add_argument("--out", type=Path, default=Path("bench_out/accuracy"))
     a = ap.parse_args(argv)
     profile = a.profile or ("tiny" if a.quick else "fast")

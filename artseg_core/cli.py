@@ -61,7 +61,8 @@ def main():
               help="Checkpoints; re-running with the same folder resumes an interrupted training.")
 @click.option("--plane", type=int, default=None, help="Plane to read from multi-page TIFFs.")
 @click.option("--epochs", type=int, default=None, help="Override the classifier epochs of the profile.")
-@click.option("--unet-steps", type=int, default=None, help="Override the U-Net training steps of the profile.")
+@click.option("--unet-steps", type=int, default=None,
+              help="U-Net training steps, exactly (default: the profile's, more for large training sets).")
 @click.option("-v", "--verbose", count=True)
 def train(images, labels, clean, artifact, masks, out, profile, cam_mode, edge_refine, val_fraction, seed, device,
           work_dir, plane, epochs, unet_steps, verbose):

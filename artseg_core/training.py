@@ -21,7 +21,7 @@ from .dataset import Sample, load_labeled_set
 from .io import ImageReadError, normalize, read_image
 from .metrics import image_metrics, pixel_metrics
 from .model import DEFAULT_THRESHOLDS, ArtifactModel, resolve_device
-from .profiles import get_profile
+from .profiles import get_profile, unet_training_steps
 from .quality import fit_quality_thresholds, quality_scores
 
 log = logging.getLogger("artseg.train")
@@ -85,7 +85,8 @@ def train(images=None, labels=None, *, clean=None, artifact=None, masks=None, pr
         calibrate on validation, and (``use_masks_for_training``) mixed into the U-Net's training targets.
     profile : {"fast", "paper", "tiny"} or Profile
         Network sizes and budgets (:mod:`artseg_core.profiles`); ``overrides`` change single settings
-        (e.g. ``unet_steps=200``).
+        (e.g. ``unet_steps=200``). The U-Net runs :func:`~artseg_core.profiles.unet_training_steps` steps (more
+        on large training sets), or exactly ``unet_steps`` when that is given here.
     val_fraction : float
         Stratified, seeded validation split.
     cam_mode, edge_refine
@@ -107,6 +108,8 @@ def train(images=None, labels=None, *, clean=None, artifact=None, masks=None, pr
 
     t0 = time.perf_counter()
     prof = get_profile(profile, **overrides)
+    if overrides.get("unet_steps") is not None and "unet_crops_per_image" not in overrides:
+        prof = prof.with_overrides(unet_crops_per_image=0)  # steps asked for explicitly: exactly that many
     if cam_mode is not None or edge_refine is not None:
         prof = prof.with_overrides(cam_mode=cam_mode, edge_refine=edge_refine)
     dev = resolve_device(device)
@@ -202,7 +205,8 @@ def train(images=None, labels=None, *, clean=None, artifact=None, masks=None, pr
         return pseudo[i] if y[i] == 1 else np.zeros(imgs[i].shape, bool)
 
     ufit = fit_unet(unet, [imgs[i] for i in tr], [target(i) for i in tr],
-                    UNetFitConfig(steps=prof.unet_steps, batch_size=prof.unet_batch, tile=prof.unet_tile,
+                    UNetFitConfig(steps=unet_training_steps(prof, len(tr)), batch_size=prof.unet_batch,
+                                  tile=prof.unet_tile,
                                   lr=prof.unet_lr, seed=seed, fast_math=prof.train_fast_math),
                     device=dev, checkpoint=work / "unet.ckpt", progress=progress)
     t_unet = time.perf_counter() - t3

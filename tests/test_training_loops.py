@@ -111,3 +111,31 @@ def test_fast_math_unet_learns():
     h = fit_unet(net, imgs, masks, UNetFitConfig(steps=100, batch_size=4, tile=32, lr=5e-3, seed=0, fast_math=True))
     assert h["history"][-1]["loss"] < 0.3 * h["history"][0]["loss"]  # measured: 1.49 -> 0.09 (fp32 alike)
     assert all(p.is_contiguous() for p in net.parameters())
+
+
+def test_unet_steps_grow_with_the_training_set():
+    from artseg_core.profiles import get_profile, unet_training_steps
+
+    fast = get_profile("fast")
+    assert unet_training_steps(fast, 160) == fast.unet_steps == 600  # the demo's 200 fields: the fixed budget
+    assert unet_training_steps(fast, 640) == 2400                      # 30 crops per image, 8 per step
+    assert unet_training_steps(fast, 641) == 2404                      # rounded up
+    assert unet_training_steps(get_profile("tiny"), 10_000) == get_profile("tiny").unet_steps
+    with pytest.raises(ValueError, match="n_train"):
+        unet_training_steps(fast, -1)
+
+
+def test_train_runs_the_scaled_or_the_asked_number_of_unet_steps(tmp_path):
+    import artseg_core
+    from artseg_core import phantoms
+    from artseg_core.profiles import get_profile, unet_training_steps
+
+    plate = tmp_path / "plate"
+    phantoms.make_plate(plate, rows=2, cols=6, fields=2, prevalence=0.5, seed=3, shape=(64, 64))
+    prof = get_profile("tiny", cls_size=64, cls_epochs=1, unet_tile=64, unet_steps=3, unet_crops_per_image=8)
+    m = artseg_core.train(plate / "images", plate / "labels.csv", profile=prof, seed=0, progress=False)
+    n_train = m.summary["n_train"]
+    assert m.summary["unet"]["steps_run"] == unet_training_steps(prof, n_train) == -(-8 * n_train // 8) > 3
+    # steps asked for explicitly (``artseg train --unet-steps``) are run exactly, not scaled
+    m = artseg_core.train(plate / "images", plate / "labels.csv", profile=prof, seed=0, progress=False, unet_steps=5)
+    assert m.summary["unet"]["steps_run"] == 5

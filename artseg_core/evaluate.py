@@ -19,13 +19,34 @@ def _read_types(types_csv) -> dict[tuple[str, int], str]:
     return out
 
 
+LOCAL_PAD = 24  # pixels around an object's bounding box in which its local IoU is measured
+
+
+def local_iou(pred: np.ndarray, truth_labels: np.ndarray, label: int, pad: int = LOCAL_PAD) -> float:
+    """IoU of one true object with the prediction near it.
+
+    The window is the object's bounding box grown by ``pad`` pixels on each side; pixels of other true objects
+    are left out, so each object is scored by itself even when objects of several types share an image.
+    Predicted pixels in the window that are not the object count as false positives.
+    """
+    obj = np.asarray(truth_labels) == label
+    rows, cols = np.flatnonzero(obj.any(1)), np.flatnonzero(obj.any(0))
+    if rows.size == 0:
+        raise ValueError(f"label {label} is not in the truth image")
+    win = (slice(max(rows[0] - pad, 0), rows[-1] + 1 + pad), slice(max(cols[0] - pad, 0), cols[-1] + 1 + pad))
+    keep = ~((np.asarray(truth_labels)[win] > 0) & ~obj[win])
+    p, t = (np.asarray(pred)[win] > 0) & keep, obj[win]
+    return float(np.count_nonzero(p & t) / max(np.count_nonzero(p | t), 1))
+
+
 def evaluate_arrays(pred_masks: dict[str, np.ndarray], truth_labels: dict[str, np.ndarray],
                     probs: dict[str, np.ndarray] | None = None, types: dict[tuple[str, int], str] | None = None
                     ) -> dict:
     """Pixel, object and per-type metrics for matching names in ``pred_masks`` and ``truth_labels``.
 
     ``truth_labels`` are label images (0 = background); per-type metrics need ``types`` mapping
-    (name, label) -> artifact type.
+    (name, label) -> artifact type. Per type: ``pixel_recall`` (pooled), ``detected_fraction`` (objects at
+    least half covered) and ``mean_local_iou`` (mean over the objects of :func:`local_iou`).
     """
     per_image, obj_tp, obj_fp, obj_fn, auprcs = [], 0, 0, 0, []
     by_type: dict[str, dict[str, float]] = {}
@@ -45,12 +66,13 @@ def evaluate_arrays(pred_masks: dict[str, np.ndarray], truth_labels: dict[str, n
             for lab in np.unique(tl[tl > 0]):
                 t = types.get((name, int(lab)), "unknown")
                 obj = tl == lab
-                d = by_type.setdefault(t, {"objects": 0, "pixels": 0, "hit_pixels": 0, "detected": 0})
+                d = by_type.setdefault(t, {"objects": 0, "pixels": 0, "hit_pixels": 0, "detected": 0, "iou": 0.0})
                 covered = float((pred & obj).sum())
                 d["objects"] += 1
                 d["pixels"] += float(obj.sum())
                 d["hit_pixels"] += covered
                 d["detected"] += covered / max(float(obj.sum()), 1.0) >= 0.5
+                d["iou"] += local_iou(pred, tl, int(lab))
     agg = aggregate_pixel_metrics(per_image) if per_image else {}
     with_truth = [r for r in per_image if (np.asarray(truth_labels[r["image"]]) > 0).any()]
     agg_art = aggregate_pixel_metrics(with_truth) if with_truth else {}
@@ -64,7 +86,8 @@ def evaluate_arrays(pred_masks: dict[str, np.ndarray], truth_labels: dict[str, n
         "object": {"precision": prec, "recall": rec, "f1": 2 * prec * rec / (prec + rec) if prec + rec else 0.0,
                    "tp": obj_tp, "fp": obj_fp, "fn": obj_fn, "iou_threshold": 0.5},
         "per_type": {t: {"objects": int(d["objects"]), "pixel_recall": d["hit_pixels"] / max(d["pixels"], 1.0),
-                         "detected_fraction": d["detected"] / max(d["objects"], 1)}
+                         "detected_fraction": d["detected"] / max(d["objects"], 1),
+                         "mean_local_iou": d["iou"] / max(d["objects"], 1)}
                      for t, d in sorted(by_type.items())},
         "per_image": per_image,
     }
@@ -141,10 +164,12 @@ def format_table(report: dict) -> str:
     lines.append(f"object level  precision {ob['precision']:.3f}  recall {ob['recall']:.3f}  f1 {ob['f1']:.3f}"
                  f"  (tp {ob['tp']}, fp {ob['fp']}, fn {ob['fn']}, IoU >= 0.5)")
     if report.get("per_type"):
-        lines.append("per artifact type: objects, pixel recall, detected (>= 50% covered)")
+        lines.append(f"per artifact type: objects, pixel recall, detected (>= 50% covered), "
+                     f"local IoU (bounding box + {LOCAL_PAD} px)")
         for t, d in report["per_type"].items():
-            lines.append(f"  {t:<10} {d['objects']:>4}  {d['pixel_recall']:.3f}  {d['detected_fraction']:.3f}")
+            lines.append(f"  {t:<10} {d['objects']:>4}  {d['pixel_recall']:.3f}  {d['detected_fraction']:.3f}"
+                         f"  {d['mean_local_iou']:.3f}")
     return "\n".join(lines)
 
 
-__all__ = ["evaluate_folder", "evaluate_arrays", "format_table", "parse_label"]
+__all__ = ["evaluate_folder", "evaluate_arrays", "format_table", "local_iou", "parse_label"]

@@ -8,8 +8,9 @@
 * baseline   no learning: pixels that deviate strongly from a smoothed background (robust z-score), cleaned
 All three learned variants share one classifier (same seed, trained once), so they differ only in their U-Net
 targets. Pixel IoU is the mean over the test plate's artifact images; image F1 is the classifier's on the test
-plate. Prints one final JSON line. ``--train-fields`` asks how the numbers move with the size of the labelled
-plate (the classifier is short of data at 200 fields).
+plate; ``local_iou_by_kind`` scores each true object in a window around it, per artifact kind (which kinds
+weak supervision reaches). Prints one final JSON line. ``--train-fields`` asks how the numbers move with the size
+of the labelled plate (the classifier is short of data at 200 fields).
 """
 from __future__ import annotations
 
@@ -56,10 +57,12 @@ def test_set(plate: Path):
             labels[Path(r["image"]).stem] = int(r["label"] == "artifact")
     imgs = {p.stem: read_image(p) for p in list_images([plate / "images"])}
     truth = {s: read_image(plate / "masks" / f"{s}.tif", allow_constant=True) for s in imgs}
-    return imgs, truth, labels
+    with open(plate / "artifacts.csv") as fh:
+        types = {(Path(r["image"]).stem, int(r["object"])): r["type"] for r in csv.DictReader(fh)}
+    return imgs, truth, labels, types
 
 
-def score_model(model, imgs, truth, labels) -> dict:
+def score_model(model, imgs, truth, labels, types=None) -> dict:
     preds, ys, ps, fl = {}, [], [], []
     for s, im in imgs.items():
         r = model.predict(im, gate=True)
@@ -67,11 +70,16 @@ def score_model(model, imgs, truth, labels) -> dict:
         ys.append(labels[s])
         ps.append(r.p_artifact)
         fl.append(float(r.flagged))
-    rep = evaluate_arrays(preds, truth)
+    rep = evaluate_arrays(preds, truth, types=types)
     im = image_metrics(ys, fl, threshold=0.5)
     return {"iou": rep["pixel_artifact_images"]["mean_iou"], "pooled_iou": rep["pixel_artifact_images"]["pooled_iou"],
             "object_f1": rep["object"]["f1"], "image_f1": im["f1"], "image_precision": im["precision"],
-            "image_recall": im["recall"], "image_roc_auc": roc_auc(ys, ps)}
+            "image_recall": im["recall"], "image_roc_auc": roc_auc(ys, ps), **_kind_iou(rep)}
+
+
+def _kind_iou(rep: dict) -> dict:
+    """Mean local IoU per artifact kind (each object scored in a window around it; see evaluate.local_iou)."""
+    return {"local_iou_by_kind": {k: round(d["mean_local_iou"], 4) for k, d in rep["per_type"].items()}}
 
 
 def main(argv=None) -> dict:
@@ -101,7 +109,7 @@ def main(argv=None) -> dict:
     te_shape = dict(rows=2, cols=6, fields=2) if a.quick else dict(rows=4, cols=12, fields=2)
     make_plate(trp, **tr_shape, prevalence=0.5, seed=a.seed, shape=(size, size), plate="train")
     make_plate(tep, **te_shape, prevalence=0.5, seed=a.seed + 1000, shape=(size, size), plate="test")
-    imgs, truth, labels = test_set(tep)
+    imgs, truth, labels, types = test_set(tep)
     results, seconds = {}, {}
     variants = [("weak", dict(edge_refine=False)), ("weak_edge", dict(edge_refine=True)),
                 ("strong", dict(masks=trp / "masks", use_masks_for_training=True))]
@@ -117,11 +125,12 @@ def main(argv=None) -> dict:
         seconds[name] = round(time.perf_counter() - t, 1)
         first_ckpt = first_ckpt or wd / "classifier.ckpt"
         model.save(out / f"{name}.artseg")
-        results[name] = score_model(load_model(out / f"{name}.artseg"), imgs, truth, labels)
+        results[name] = score_model(load_model(out / f"{name}.artseg"), imgs, truth, labels, types)
         print(name, results[name], f"{seconds[name]} s", flush=True)
-    base = evaluate_arrays({s: baseline_mask(im) for s, im in imgs.items()}, truth)
+    base = evaluate_arrays({s: baseline_mask(im) for s, im in imgs.items()}, truth, types=types)
     results["baseline"] = {"iou": base["pixel_artifact_images"]["mean_iou"],
-                           "pooled_iou": base["pixel_artifact_images"]["pooled_iou"], "object_f1": base["object"]["f1"]}
+                           "pooled_iou": base["pixel_artifact_images"]["pooled_iou"], "object_f1": base["object"]["f1"],
+                           **_kind_iou(base)}
     line = {
         "bench": "accuracy", "profile": profile, "image_size": size,
         "n_train": int(np.prod(list(tr_shape.values()))), "n_test": len(imgs),
@@ -130,6 +139,8 @@ def main(argv=None) -> dict:
         "image_f1": round(results["weak"]["image_f1"], 4), "image_roc_auc": round(results["weak"]["image_roc_auc"], 4),
         "weak_over_strong": round(max(results["weak"]["iou"], results["weak_edge"]["iou"])
                                   / max(results["strong"]["iou"], 1e-9), 3),
+        "local_iou_by_kind": {k: {v: results[v]["local_iou_by_kind"].get(k) for v in results}
+                              for k in sorted(results["weak"]["local_iou_by_kind"])},
         "details": results, "seconds": {**seconds, "total": round(time.perf_counter() - t0, 1)},
     }
     print(json.dumps(line))

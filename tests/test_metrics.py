@@ -223,3 +223,30 @@ def test_object_metrics_many_objects_fast():
     m = M.object_metrics(pred, truth, 0.5)
     # a shift by one column of a 4x4 square: IoU 12/20 = 0.6 for isolated squares
     assert m["n_pred"] == m["n_true"] and m["recall"] > 0.9
+
+
+def test_local_iou_scores_each_object_in_its_own_window():
+    from artseg_core.evaluate import evaluate_arrays, local_iou
+
+    truth = np.zeros((100, 100), np.int32)
+    truth[10:20, 10:20] = 1          # 100 px, predicted exactly
+    truth[60:70, 60:70] = 2          # 100 px, half predicted
+    pred = np.zeros((100, 100), bool)
+    pred[10:20, 10:20] = True
+    pred[60:70, 60:65] = True
+    pred[0:2, 0:10] = True           # 20 false-positive px inside object 1's window (pad 24)
+    pred[95:100, 95:100] = True      # 25 px outside both windows: ignored by both
+    assert local_iou(pred, truth, 1) == 100 / 120
+    assert local_iou(pred, truth, 2) == 50 / 100
+    # another object's pixels never count against an object: grow object 1's window over object 2
+    assert local_iou(pred, truth, 1, pad=60) == 100 / 120
+    # predicting object 2 fully does not change object 1's score
+    p2 = pred.copy()
+    p2[60:70, 60:70] = True
+    assert local_iou(p2, truth, 1, pad=60) == 100 / 120
+    rep = evaluate_arrays({"a": pred}, {"a": truth}, types={("a", 1): "debris", ("a", 2): "fibre"})
+    assert rep["per_type"]["debris"]["mean_local_iou"] == 100 / 120
+    assert rep["per_type"]["fibre"]["mean_local_iou"] == 0.5
+    assert rep["per_type"]["fibre"]["pixel_recall"] == 0.5
+    with pytest.raises(ValueError, match="label 3"):
+        local_iou(pred, truth, 3)

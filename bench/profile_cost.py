@@ -12,9 +12,9 @@ pieces ``artseg_core.train`` repeats, on the networks the profile builds (untrai
 
 and multiplies them by the counts ``train`` runs for ``--fields`` training fields (80 % train, 20 % validation,
 half of them artifact fields): ``cls_epochs x ceil(0.8 fields / cls_batch)`` classifier steps, one Score-CAM per
-artifact field, ``unet_steps`` U-Net steps. Reading, augmentation, validation passes and calibration are left
-out; the masked forwards are timed in fp32, while ``fast`` mode scores them in bf16 where the CPU has it (its
-Score-CAM part comes out high). Run it for ``fast`` to compare with a measured ``artseg demo``.
+artifact field, ``unet_training_steps(profile, n_train)`` U-Net steps. Reading, augmentation, validation passes
+and calibration are left out; the masked forwards are timed in fp32, while ``fast`` mode scores them in bf16 where
+the CPU has it (its Score-CAM part comes out high). Run it for ``fast`` to compare with a measured ``artseg demo``.
 
 Prints progress on stderr and ONE JSON line: the per-step seconds and ``projected_train_s`` (with its parts).
 """
@@ -62,7 +62,7 @@ def main(argv=None) -> dict:
 
     from artseg_core.fastpath import available_cpus, set_threads
     from artseg_core.model import ArtifactModel
-    from artseg_core.profiles import get_profile
+    from artseg_core.profiles import get_profile, unet_training_steps
     from artseg_core.train_classifier import ClassifierFitConfig
     from artseg_core.train_unet import dice_bce_loss
     from artseg_core.training import stratified_split
@@ -102,14 +102,15 @@ def main(argv=None) -> dict:
     n_train = len(stratified_split(labels, 0.2, 0)[0])
     cls_steps = p.cls_epochs * max(ClassifierFitConfig().min_steps_per_epoch, math.ceil(n_train / p.cls_batch))
     n_cam = a.fields // 2
+    unet_steps = unet_training_steps(p, n_train)
     parts = {"classifier_s": round(cls_steps * cls_s, 1), "scorecam_s": round(n_cam * cam_s, 1),
-             "unet_s": round(p.unet_steps * unet_s, 1)}
+             "unet_s": round(unet_steps * unet_s, 1)}
     total = sum(parts.values())
     log(f"projected training on {a.fields} fields: {total / 60:.1f} min ({parts})")
     line = {"bench": "profile_cost", "profile": p.name, "fields": a.fields,
             "cls_step_s": round(cls_s, 4), "cls_steps": cls_steps, "masked_forward_s": round(fwd_s, 5),
             "scorecam_channels": scored, "scorecam_per_image_s": round(cam_s, 2), "unet_step_s": round(unet_s, 4),
-            "unet_steps": p.unet_steps, **{f"projected_{k}": v for k, v in parts.items()},
+            "unet_steps": unet_steps, **{f"projected_{k}": v for k, v in parts.items()},
             "projected_train_s": round(total, 1), "projected_train_h": round(total / 3600, 2),
             "allocator": allocator, "load_avg_before": load0, "load_avg_after": load_average(), **machine()}
     emit(line)

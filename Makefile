@@ -6,9 +6,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/pip install --disable-pip-version-check -q
 CONS   := -c requirements/constraints-cellprofiler.txt
-SRC    := setup.cfg setup.py requirements/constraints.txt requirements/constraints-cellprofiler.txt
+SRC    := pyproject.toml requirements/constraints.txt requirements/constraints-cellprofiler.txt
 
-.PHONY: all venv test test-numpy2 demo cellprofiler imagej chromium bench clean
+.PHONY: all venv lint test test-numpy2 demo cellprofiler imagej chromium qt bench clean
 
 all: test
 
@@ -16,7 +16,7 @@ all: test
 $(VENV)/.stamp-base: $(SRC)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade "pip<25" wheel "setuptools<81"
-	$(PIP) $(CONS) -e ".[test,bench,fiji,dask]"
+	$(PIP) $(CONS) -e ".[test,bench,fiji,dask,napari,export]"
 	$(BIN)/python -c "import torch, numpy; assert torch.__version__.startswith('2.13.0'), torch.__version__; print('torch', torch.__version__, 'numpy', numpy.__version__)"
 	touch $@
 
@@ -47,22 +47,29 @@ imagej:
 	   $$(command -v javac >/dev/null || echo default-jdk-headless) >/dev/null) \
 	  || echo "WARNING: could not install ImageJ; ImageJ tests will be skipped"; fi
 
-# Headless Chromium for the plate report's browser test (tests/test_batch_report.py skips without it).
+# Qt's X11 platform libraries and Xvfb for the napari tests (pytest-xvfb starts the virtual display).
+qt:
+	@if [ -f /usr/lib/x86_64-linux-gnu/libxcb-icccm.so.4 ] && command -v Xvfb >/dev/null; then echo "Qt libraries present"; else \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xvfb xauth libxcb-icccm4 libxcb-keysyms1 \
+	   libxcb-xinerama0 libxcb-cursor0 libxkbcommon-x11-0 >/dev/null) \
+	  || echo "WARNING: could not install the Qt/X11 libraries; the napari tests will be skipped"; fi
+
+# Headless Chromium for the browser tests (plate report, labelling app); they skip without it.
 chromium:
 	@if command -v chromium >/dev/null; then echo "Chromium present"; else \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	  || echo "WARNING: could not install Chromium; the report browser test will be skipped"; fi
 
-test: $(VENV)/.stamp-base $(VENV)/.stamp-cellprofiler imagej chromium
+lint: $(VENV)/.stamp-base
+	$(BIN)/ruff check artseg_core tests bench plugins fiji_scripts
+
+test: $(VENV)/.stamp-base $(VENV)/.stamp-cellprofiler imagej chromium qt lint
 	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-numpy2
 
 # The engine must also work with numpy 2 (the main .venv has numpy<2 because of CellProfiler): a second,
 # engine-only environment runs the engine's unit tests with numpy>=2.
 NP2 := .venv-np2
-NP2_TESTS := tests/test_io.py tests/test_metrics.py tests/test_quality.py tests/test_phantoms.py \
-	tests/test_postprocess.py tests/test_tiling.py tests/test_inpaint.py tests/test_outputs.py \
-	tests/test_models.py tests/test_modelfile.py tests/test_refine.py
 $(NP2)/.stamp: $(SRC)
 	test -x $(NP2)/bin/python || $(PYTHON) -m venv $(NP2)
 	$(NP2)/bin/pip install --disable-pip-version-check -q -c requirements/constraints.txt "numpy>=2" pytest pytest-timeout -e .
@@ -70,7 +77,7 @@ $(NP2)/.stamp: $(SRC)
 	touch $@
 
 test-numpy2: $(NP2)/.stamp
-	$(NP2)/bin/python -m pytest -q -ra -p no:cacheprovider $(NP2_TESTS)
+	$(NP2)/bin/python -m pytest -q -ra -p no:cacheprovider -p no:xvfb -m engine tests
 
 demo: $(VENV)/.stamp-base
 	$(BIN)/artseg demo --out demo_out

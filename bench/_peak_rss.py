@@ -7,7 +7,7 @@ Helpers for other benchmarks:
   measured for that child alone (``os.wait4``), so earlier work in the caller does not count.
 
 Run as a script, it profiles the engine steps around the network on one synthetic image:
-raw uint16 image -> ``io.normalize`` -> ``tiling.predict_tiled`` (a cheap 3x3 mean + sigmoid
+raw uint16 image -> ``normalize`` -> ``tiling.predict_tiled`` (a cheap 3x3 mean + sigmoid
 stands in for the U-Net, so the numbers are the engine's own memory, not the network's
 activations) -> ``postprocess`` -> ``inpaint`` -> ``outputs``, printing the peak RSS after each
 step on stderr and ONE JSON line on stdout. Peak RSS is monotonic, so each value is "the most
@@ -62,7 +62,11 @@ def _profile(size: int) -> dict:
     import numpy as np
     from scipy import ndimage as ndi
 
-    from artseg_core import inpaint, io, outputs, postprocess, tiling
+    from artseg_core.imgproc import inpaint
+    from artseg_core.imgproc.normalize import normalize
+    from artseg_core.io import outputs
+    from artseg_core.imgproc import postprocess
+    from artseg_core.imgproc import tiling
     from bench._common import load_average, log, machine
 
     steps: dict[str, dict] = {}
@@ -85,7 +89,7 @@ def _profile(size: int) -> dict:
     mark("image", t)
 
     t = time.perf_counter()
-    norm = io.normalize(image)
+    norm = normalize(image)
     mark("normalize", t)
 
     def fn(batch):  # translation-equivariant stand-in for the U-Net: dark = artifact

@@ -26,11 +26,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from artseg_core import load_model, train  # noqa: E402
-from artseg_core.evaluate import evaluate_arrays  # noqa: E402
-from artseg_core.io import list_images, normalize, read_image  # noqa: E402
-from artseg_core.metrics import image_metrics, roc_auc  # noqa: E402
-from artseg_core.phantoms import make_plate  # noqa: E402
-from artseg_core.postprocess import clean_mask  # noqa: E402
+from artseg_core.evaluation.evaluate import evaluate_arrays  # noqa: E402
+from artseg_core.io.images import list_images, read_image
+from artseg_core.imgproc.normalize import normalize  # noqa: E402
+from artseg_core.evaluation.metrics import image_metrics, roc_auc  # noqa: E402
+from artseg_core.data.phantoms import make_plate  # noqa: E402
+from artseg_core.imgproc.postprocess import clean_mask  # noqa: E402
 
 
 def baseline_mask(image: np.ndarray, z: float = 4.0, min_size: int = 64) -> np.ndarray:

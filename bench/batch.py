@@ -49,7 +49,7 @@ from bench._common import emit, load_average, log, machine  # noqa: E402
 
 
 def _plate(out: Path, fields: int, size: int) -> Path:
-    from artseg_core import phantoms
+    from artseg_core.data import phantoms
 
     per_well = 2
     wells = math.ceil(fields / per_well)
@@ -68,8 +68,8 @@ def _plate(out: Path, fields: int, size: int) -> Path:
 def _untrained_model(path: Path, profile: str) -> Path:
     import torch
 
-    from artseg_core.model import ArtifactModel
-    from artseg_core.profiles import get_profile
+    from artseg_core.predict.model import ArtifactModel
+    from artseg_core.nets.profiles import get_profile
 
     torch.manual_seed(0)
     p = get_profile(profile)
@@ -82,8 +82,8 @@ def _loop(model_path: Path, files: list[Path], threads: int | None = None) -> fl
     """Images per second of the bare loop (model loading excluded); ``threads`` None: as one runner worker."""
     import artseg_core
     from artseg_core.batch.runner import threads_per_worker
-    from artseg_core.fastpath import available_cpus, set_threads
-    from artseg_core.io import read_image
+    from artseg_core.nets.accel import available_cpus, set_threads
+    from artseg_core.io.images import read_image
 
     set_threads(threads or threads_per_worker(1, available_cpus()))
     model = artseg_core.load_model(model_path, device="cpu")

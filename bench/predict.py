@@ -76,7 +76,7 @@ def _profile_summary(p) -> dict:
 
 def _train(work: Path, mode: str) -> tuple[object, dict]:
     import artseg_core
-    from artseg_core import phantoms
+    from artseg_core.data import phantoms
 
     cfg = TRAIN[mode]
     phantoms.make_plate(work / "train_plate", **cfg["plate"])
@@ -94,8 +94,8 @@ def _train(work: Path, mode: str) -> tuple[object, dict]:
 def _read_plate(work: Path, mode: str) -> tuple[list, list[bool], dict]:
     import csv
 
-    from artseg_core import phantoms
-    from artseg_core.io import read_image
+    from artseg_core.data import phantoms
+    from artseg_core.io.images import read_image
 
     cfg = PLATE[mode]
     labels_csv = phantoms.make_plate(work / "plate", **cfg)
@@ -140,8 +140,8 @@ def _rates(configs: list[tuple[object, bool]], images: list, repeats: int) -> li
 def _bigimage(work: Path, model, size: int) -> dict:
     """Peak RSS of a child that reads a size x size uint16 TIFF and runs process_file on it."""
 
-    from artseg_core import phantoms
-    from artseg_core.io import write_tiff
+    from artseg_core.data import phantoms
+    from artseg_core.io.files import write_tiff
 
     t0 = time.perf_counter()
     f = phantoms.make_field((1000, 1000), seed=3, artifacts=["debris", "fibre", "bubble"])
@@ -194,7 +194,7 @@ def _child_bigimage(image: str, model_path: str, out: str, threshold: float | No
     ``getrusage``/``wait4`` also count the parent's peak RSS, which Linux carries over ``exec``.
     """
     import artseg_core
-    from artseg_core.predict_files import PredictOptions, process_file
+    from artseg_core.predict.files import PredictOptions, process_file
 
     model = artseg_core.load_model(model_path, device="cpu")
     base = _proc_status_mb("VmRSS")
@@ -208,8 +208,8 @@ def _child_bigimage(image: str, model_path: str, out: str, threshold: float | No
 
 def run(quick: bool = False, size: int | None = None, bigimage: bool = True, paper_images: int | None = None,
         repeats: int | None = None, model_path: str | None = None) -> dict:
-    from artseg_core.model import ArtifactModel
-    from artseg_core.profiles import get_profile
+    from artseg_core.predict.model import ArtifactModel
+    from artseg_core.nets.profiles import get_profile
 
     mode = "quick" if quick else "full"
     size = size or (2000 if quick else 10000)

@@ -60,12 +60,12 @@ def main(argv=None) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from artseg_core.fastpath import available_cpus, set_threads
-    from artseg_core.model import ArtifactModel
-    from artseg_core.profiles import get_profile, unet_training_steps
-    from artseg_core.train_classifier import ClassifierFitConfig
-    from artseg_core.train_unet import dice_bce_loss
-    from artseg_core.training import stratified_split
+    from artseg_core.nets.accel import available_cpus, set_threads
+    from artseg_core.predict.model import ArtifactModel
+    from artseg_core.nets.profiles import get_profile, unet_training_steps
+    from artseg_core.training.classifier import ClassifierFitConfig
+    from artseg_core.training.unet import dice_bce_loss
+    from artseg_core.training.pipeline import stratified_split
 
     set_threads(available_cpus())
     load0 = load_average()

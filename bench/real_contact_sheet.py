@@ -38,8 +38,8 @@ def main(argv=None) -> dict:
     import matplotlib.pyplot as plt
 
     from artseg_core import load_model
-    from artseg_core.io import list_images, read_image
-    from artseg_core.predict_files import PredictOptions, predict_files
+    from artseg_core.io.images import list_images, read_image
+    from artseg_core.predict.files import PredictOptions, predict_files
 
     files = list_images([a.images])
     model = load_model(a.model)

@@ -35,9 +35,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))  # gradcam_compat lives with the tests (it must not reach the engine)
 
-from artseg_core.models.resnet import resnet18  # noqa: E402
-from artseg_core.refine import DEFAULT_THRESHOLD_PLAIN as THRESHOLD  # noqa: E402 (maps are not edge-refined)
-from artseg_core.scorecam import bf16_available, score_cam  # noqa: E402
+from artseg_core.nets.resnet import resnet18  # noqa: E402
+from artseg_core.weak.refine import DEFAULT_THRESHOLD_PLAIN as THRESHOLD  # noqa: E402 (maps are not edge-refined)
+from artseg_core.weak.scorecam import bf16_available, score_cam  # noqa: E402
 
 
 def log(msg: str) -> None:
@@ -108,7 +108,7 @@ def warm_up(model, x, layer, top_k: int) -> None:
     pytorch-grad-cam scores 16 masked inputs per pass with the model as given; our exact mode 32 per pass
     on its channels-last scoring copy (built and cached here too); our fast mode is simply run once.
     """
-    from artseg_core.scorecam import _scoring_model
+    from artseg_core.weak.scorecam import _scoring_model
 
     one = x[:1]
     with torch.no_grad():

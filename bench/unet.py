@@ -2,7 +2,7 @@
 
 Times the paper configuration (15+3+15 conv3x3, 64 filters) in fp32 and bf16 and the
 ``fast`` profile's U-Net, and a large bf16 matmul in the same run as the attainable
-ceiling. FLOPs are counted analytically (2 x conv MACs, ``models.unet.conv_macs``).
+ceiling. FLOPs are counted analytically (2 x conv MACs, ``artseg_core.nets.unet.conv_macs``).
 The 1080x1080 image is reflect-padded to 1088x1088 (a multiple of 2**5 = 32), as
 tiled prediction does; FLOPs are those of the padded size.
 
@@ -30,7 +30,7 @@ from bench._common import emit, log, machine, reexec_with_allocator, timeit, loa
 
 def _fast_profile_config() -> dict:
     try:
-        from artseg_core.profiles import PROFILES
+        from artseg_core.nets.profiles import PROFILES
 
         p = PROFILES["fast"]
         return {"width": p.unet_width, "levels": p.unet_levels, "scale": p.unet_scale, "source": "profiles.fast"}
@@ -52,7 +52,6 @@ def _matmul(n: int, dtype, repeats: int) -> dict:
 
 def _conv_time_fraction(fn) -> float | None:
     """Share of one forward's CPU time spent inside oneDNN convolutions (torch profiler)."""
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     try:
@@ -82,8 +81,8 @@ def main(argv=None) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from artseg_core import fastpath
-    from artseg_core.models.unet import ArtSegUNet, conv_macs, paper_unet
+    from artseg_core.nets import accel as fastpath
+    from artseg_core.nets.unet import ArtSegUNet, conv_macs, paper_unet
 
     warnings.filterwarnings("ignore")
     threads = fastpath.set_threads(args.threads)

@@ -22,7 +22,7 @@ if sys.version_info[0] < 3:
     raise RuntimeError("Mask Artifacts Python needs Fiji's Python mode (Edit > Options > Python...) with "
                        "artseg installed; this is Jython. Use Plugins > ArtSeg > Mask Artifacts (the macro).")
 
-from artseg_core.imagej import run_fiji_script  # noqa: E402
+from artseg_core.bridges.imagej import run_fiji_script  # noqa: E402
 
 _out = run_fiji_script(imp, str(model_file),  # noqa: F821 - SciJava parameters
                        output_dir=str(output_dir) if output_dir is not None else None,  # noqa: F821

@@ -1,7 +1,6 @@
 """Shared fixtures: a small phantom plate and a tiny model trained once per test session."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -20,8 +19,8 @@ def real_data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_plate(tmp_path_factory) -> Path:
-    """A small phantom plate (2x3 wells x 2 fields, 256x256, half with artifacts): images/, nuclei/, masks/, labels.csv."""
-    from artseg_core import phantoms
+    """A small phantom plate (2x3 wells x 2 fields, 256x256, half with artifacts): images/, nuclei/, masks/, labels."""
+    from artseg_core.data import phantoms
 
     out = tmp_path_factory.mktemp("tiny_plate")
     phantoms.make_plate(out, rows=2, cols=3, fields=2, prevalence=0.5, seed=1, shape=(256, 256))
@@ -32,7 +31,7 @@ def tiny_plate(tmp_path_factory) -> Path:
 def trained_model_path(tmp_path_factory) -> Path:
     """A tiny ArtSeg model trained on its own phantom plate (profile 'tiny'); shared by all face tests."""
     import artseg_core
-    from artseg_core import phantoms
+    from artseg_core.data import phantoms
 
     work = tmp_path_factory.mktemp("tiny_model")
     plate = work / "plate"

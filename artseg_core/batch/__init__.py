@@ -11,23 +11,23 @@ __all__ = ["run_batch", "BatchSummary", "write_report", "build_manifest", "parse
 
 def __getattr__(name):  # lazy: keep ``import artseg_core.batch`` cheap (no torch, no matplotlib, no dask)
     if name in ("run_batch", "BatchSummary"):
-        from . import runner
+        from artseg_core.batch import runner
 
         return getattr(runner, name)
     if name == "write_report":
-        from .report import write_report
+        from artseg_core.batch.report import write_report
 
         return write_report
     if name == "build_manifest":
-        from .manifest import build_manifest
+        from artseg_core.batch.manifest import build_manifest
 
         return build_manifest
     if name == "parse_name":
-        from .platenames import parse_name
+        from artseg_core.batch.platenames import parse_name
 
         return parse_name
     if name == "run_pipeline_sharded":
-        from .cpshard import run_pipeline_sharded
+        from artseg_core.batch.cpshard import run_pipeline_sharded
 
         return run_pipeline_sharded
     raise AttributeError(f"module 'artseg_core.batch' has no attribute {name!r}")

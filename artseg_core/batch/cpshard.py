@@ -22,7 +22,6 @@ How it works
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import glob as _glob
 import json
 import logging
@@ -335,7 +334,7 @@ def _header_lines(lines: list[bytes]) -> int:
 
 def merge_shard_outputs(shard_dirs: list[Path], out_dir: Path) -> list[Path]:
     """Merge the shards' exports into ``out_dir`` (see the module docstring); returns the files written."""
-    from ..io import atomic_write
+    from artseg_core.io.files import atomic_write
 
     out_dir = Path(out_dir)
     rels: dict[str, list[Path]] = {}
@@ -413,8 +412,8 @@ def run_pipeline_sharded(pipeline: str | os.PathLike, plate: str | os.PathLike, 
     -------
     CPSummary
     """
-    from ..io import write_text
-    from .journal import Journal, read_journal
+    from artseg_core.io.files import write_text
+    from artseg_core.batch.journal import Journal, read_journal
 
     t0 = time.perf_counter()
     out = Path(out_dir)

@@ -19,7 +19,15 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from .platenames import ImageName, channel_matches, image_stem, looks_brightfield, parse_name, split_well, well_name
+from artseg_core.batch.platenames import (
+    ImageName,
+    channel_matches,
+    image_stem,
+    looks_brightfield,
+    parse_name,
+    split_well,
+    well_name,
+)
 
 __all__ = ["ImageTask", "Manifest", "build_manifest", "ManifestError"]
 
@@ -128,7 +136,7 @@ def _override(name: ImageName, row: dict, csv_path: Path, line: int) -> ImageNam
             upd.update(well=well_name(r, c), row=r, col=c)
         elif vals["row"] and vals["col"]:
             rs = vals["row"]
-            from .platenames import row_index
+            from artseg_core.batch.platenames import row_index
 
             r = int(rs) if rs.isdigit() else row_index(rs)
             c = int(vals["col"])
@@ -246,7 +254,7 @@ def build_manifest(source: str | os.PathLike, *, channel: str | None = None, nam
         Missing input, unreadable or malformed CSV, no images, an unknown or ambiguous channel, a bad regex, or
         two inputs that would write the same output files.
     """
-    from ..io import IMAGE_SUFFIXES, list_images
+    from artseg_core.io.images import IMAGE_SUFFIXES, list_images
 
     src = str(source)
     p = Path(src)

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .tables import as_float, read_csv_rows, truthy
+from artseg_core.batch.layout import JOURNAL, REPORT, REPORT_FILES, RESULTS, SETTINGS, WELLS
+from artseg_core.batch.tables import as_float, finalize, read_csv_rows, truthy
 
 __all__ = ["write_report", "plate_shape", "REPORT", "REPORT_FILES"]
 
-REPORT, REPORT_FILES = "report.html", "report_files"
 #: standard plate formats (rows, cols), smallest first
 PLATE_FORMATS = [(2, 3), (3, 4), (4, 6), (6, 8), (8, 12), (16, 24), (32, 48)]
 N_WORST = 12
@@ -43,7 +43,7 @@ def _fig(w: float, h: float):
 
 
 def _save(fig, path: Path) -> Path:
-    from ..io import atomic_write
+    from artseg_core.io.files import atomic_write
 
     with atomic_write(path, "wb") as fh:
         fig.savefig(fh, format="png", bbox_inches="tight")
@@ -56,7 +56,7 @@ def _slug(s: str) -> str:
 
 def _heatmap(wells: list[dict], value, title: str, label: str, path: Path, vmax: float | None = None,
              cmap: str = "magma") -> Path:
-    from .platenames import row_letters
+    from artseg_core.batch.platenames import row_letters
 
     rows = [int(w["row"]) for w in wells]
     cols = [int(w["col"]) for w in wells]
@@ -130,7 +130,9 @@ def _thumbnail(row: dict, out: Path, path: Path, plane: int | None = None, size:
     """Image (display-normalised) with artifact outlines in red; returns the PNG and a note."""
     from scipy import ndimage
 
-    from ..io import normalize, read_image, write_png
+    from artseg_core.imgproc.normalize import normalize
+    from artseg_core.io.images import read_image
+    from artseg_core.io.files import write_png
 
     img = read_image(row["path"], plane=plane)
     note = ""
@@ -184,8 +186,7 @@ def write_report(out_dir) -> Path:
     FileNotFoundError
         ``out_dir`` holds no plate run (no journal and no results table).
     """
-    from ..io import write_text
-    from .runner import JOURNAL, RESULTS, SETTINGS, WELLS, finalize
+    from artseg_core.io.files import write_text
 
     out = Path(out_dir)
     if not (out / RESULTS).is_file() or not (out / WELLS).is_file():

@@ -29,19 +29,17 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator
 
-from ..predict_files import PredictOptions, error_row, process_file
-from .journal import FolderBusyError, Journal, read_journal, run_lock
-from .manifest import ImageTask, Manifest, build_manifest
-from .platenames import image_stem
-from .tables import RESULT_COLUMNS, WELL_COLUMNS, csv_text, results_rows, well_rows
+from artseg_core.predict.files import PredictOptions, error_row, process_file
+from artseg_core.batch.journal import FolderBusyError, Journal, read_journal, run_lock
+from artseg_core.batch.manifest import ImageTask, Manifest, build_manifest
+from artseg_core.batch.platenames import image_stem
+from artseg_core.batch.layout import JOURNAL, LOG, OUTPUTS, SETTINGS
+from artseg_core.batch.tables import finalize
 
-__all__ = ["run_batch", "BatchSummary", "BatchError", "plan_batch", "finalize", "JOURNAL", "SETTINGS", "RESULTS",
-           "WELLS", "LOG", "OUTPUTS"]
+__all__ = ["run_batch", "BatchSummary", "BatchError", "plan_batch"]
 
-JOURNAL, SETTINGS, RESULTS, WELLS, LOG, OUTPUTS = ("journal.jsonl", "batch.json", "results.csv", "wells.csv",
-                                                   "batch.log", "outputs")
 logger = logging.getLogger("artseg.batch")
 
 #: settings that must not change between runs into one output folder (else rows would mix two analyses)
@@ -221,7 +219,7 @@ def _cached_model(model_path: str, sha: str, device: str):
     with _WORKER_LOCK:
         m = _WORKER.get(key)
         if m is None:
-            from ..model import load_model
+            from artseg_core.predict.model import load_model
 
             m = load_model(model_path, device=device)
             _WORKER[key] = m
@@ -229,7 +227,7 @@ def _cached_model(model_path: str, sha: str, device: str):
 
 
 def _set_threads(n: int | None) -> int:
-    from ..fastpath import set_threads
+    from artseg_core.nets.accel import set_threads
 
     return set_threads(n)
 
@@ -271,7 +269,7 @@ def _dask_run(model_path: str, sha: str, device: str, path: str, out_dir: str, n
 def _dask_worker_threads(threads_on_host: int) -> int:
     """Set torch threads in a Dask worker process: its host's CPUs shared by all worker threads on the host
     (or the worker's own ``ARTSEG_THREADS``)."""
-    from ..fastpath import available_cpus
+    from artseg_core.nets.accel import available_cpus
 
     return _set_threads(threads_per_worker(threads_on_host, available_cpus()))
 
@@ -344,7 +342,7 @@ def _worker_context():
 
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["torch", "artseg_core.model", "artseg_core.predict_files"])
+        ctx.set_forkserver_preload(["torch", "artseg_core.predict.model", "artseg_core.predict.files"])
         return ctx
     return mp.get_context("spawn")
 
@@ -485,25 +483,6 @@ def _check_settings(out: Path, settings: dict) -> dict:
     return {**settings, "runs": old.get("runs", [])}
 
 
-def finalize(out_dir, manifest: Manifest | None = None) -> tuple[list[dict], Path, Path]:
-    """Rebuild ``results.csv`` and ``wells.csv`` from the journal (deduplicated, in plate order), atomically.
-
-    Without a manifest (``artseg report OUT``) the plate order recorded in the journal is used.
-    """
-    from ..io import write_text
-
-    out = Path(out_dir)
-    records = read_journal(out / JOURNAL)
-    if manifest is not None:
-        order = [t.key for t in manifest.tasks]
-    else:
-        order = sorted(records, key=lambda k: (records[k].get("index", 10 ** 12), k))
-    rows = results_rows(records, order)
-    res = write_text(out / RESULTS, csv_text(rows, RESULT_COLUMNS))
-    wells = write_text(out / WELLS, csv_text(well_rows(rows), WELL_COLUMNS))
-    return rows, res, wells
-
-
 def _setup_log(path: Path) -> logging.Handler:
     h = logging.FileHandler(path, encoding="utf-8")
     h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -594,7 +573,7 @@ def run_batch(plate, model_path, out_dir, *, workers: int = 1, scheduler: str | 
         raise BatchError(f"{out}: exists and is not a folder")
     model_path = Path(model_path)
     if not model_path.is_file():
-        from ..modelfile import ModelFileError
+        from artseg_core.io.modelfile import ModelFileError
 
         raise ModelFileError(model_path, "no such model file")
     man, done, todo = plan_batch(plate, out, channel=channel, name_regex=name_regex, retry_failed=retry_failed)
@@ -626,8 +605,8 @@ def run_batch(plate, model_path, out_dir, *, workers: int = 1, scheduler: str | 
     handler = _setup_log(log_path)
     summary.log_file = log_path
     try:
-        from ..cpus import available_cpus  # not fastpath: the parent of worker processes needs no torch
-        from ..modelfile import load_model_file
+        from artseg_core.nets.cpus import available_cpus  # not fastpath: the parent of worker processes needs no torch
+        from artseg_core.io.modelfile import load_model_file
 
         manifest, _ = load_model_file(model_path)  # validates the file before any worker starts
         sha = _sha256(model_path)
@@ -711,7 +690,7 @@ def run_batch(plate, model_path, out_dir, *, workers: int = 1, scheduler: str | 
                         interrupted=summary.interrupted)
         _write_settings(out, settings)
         if report and not summary.interrupted:
-            from .report import write_report
+            from artseg_core.batch.report import write_report
 
             try:
                 summary.report = write_report(out)
@@ -728,13 +707,13 @@ def run_batch(plate, model_path, out_dir, *, workers: int = 1, scheduler: str | 
 
 
 def _write_settings(out: Path, settings: dict) -> None:
-    from ..io import write_text
+    from artseg_core.io.files import write_text
 
     write_text(out / SETTINGS, json.dumps(settings, indent=2, default=str) + "\n")
 
 
 def _version() -> str:
-    from .. import __version__
+    from artseg_core._version import __version__
 
     return __version__
 

@@ -7,8 +7,11 @@ import math
 from pathlib import Path
 from typing import Iterable
 
+from artseg_core.batch.journal import read_journal
+from artseg_core.batch.layout import JOURNAL, RESULTS, WELLS
+
 __all__ = ["RESULT_COLUMNS", "WELL_COLUMNS", "results_rows", "well_rows", "csv_text", "read_csv_rows", "truthy",
-           "as_float"]
+           "as_float", "finalize"]
 
 #: location columns first, then what the engine writes for every image (artseg_core.predict_files.CSV_COLUMNS)
 LOCATION_COLUMNS = ["image", "plate", "well", "row", "col", "field", "channel", "plane", "timepoint"]
@@ -104,3 +107,22 @@ def read_csv_rows(path: str | Path) -> list[dict]:
     """Read a CSV written by :func:`csv_text` (all values as strings)."""
     with open(path, newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
+
+
+def finalize(out_dir, manifest=None) -> tuple[list[dict], Path, Path]:
+    """Rebuild ``results.csv`` and ``wells.csv`` from the journal (deduplicated, in plate order), atomically.
+
+    Without a manifest (``artseg report OUT``) the plate order recorded in the journal is used.
+    """
+    from artseg_core.io.files import write_text
+
+    out = Path(out_dir)
+    records = read_journal(out / JOURNAL)
+    if manifest is not None:
+        order = [t.key for t in manifest.tasks]
+    else:
+        order = sorted(records, key=lambda k: (records[k].get("index", 10 ** 12), k))
+    rows = results_rows(records, order)
+    res = write_text(out / RESULTS, csv_text(rows, RESULT_COLUMNS))
+    wells = write_text(out / WELLS, csv_text(well_rows(rows), WELL_COLUMNS))
+    return rows, res, wells

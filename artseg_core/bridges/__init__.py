@@ -1,0 +1,1 @@
+"""Bridges to other programs: ImageJ/Fiji (scripts, installation, the JVM bridge)."""

@@ -1,0 +1,1 @@
+"""The ``artseg`` command line (one click group) and the demo. The top layer."""

@@ -1,0 +1,3 @@
+from artseg_core.cli.main import main
+
+main()

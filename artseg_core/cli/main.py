@@ -1,0 +1,292 @@
+"""The ``artseg`` command line: one click group, thin commands over the engine."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from artseg_core._version import __version__
+
+
+def _setup_logging(verbose: int, log_file: Path | None = None) -> None:
+    level = logging.WARNING - 10 * min(verbose, 2)
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(log_file)
+        fh.setLevel(logging.INFO)
+        handlers.append(fh)
+    logging.basicConfig(level=min(level, logging.INFO if log_file else level),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers, force=True)
+    handlers[0].setLevel(level)
+
+
+def _fail(msg: str, code: int = 2):
+    click.echo(f"artseg: error: {msg}", err=True)
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="artseg")
+def main():
+    """ArtSeg: find and mask artifacts in brightfield microscopy images.
+
+    Train from image-level labels (clean / artifact), then mask whole plates.
+    """
+
+
+# --------------------------------------------------------------------------- train
+@main.command()
+@click.argument("images", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="CSV with columns image,label (clean|artifact). Default: IMAGES/labels.csv or IMAGES/../labels.csv")
+@click.option("--clean", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Folder of clean images.")
+@click.option("--artifact", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of images with artifacts.")
+@click.option("--masks", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Optional folder of pixel masks for some images (same file name stem).")
+@click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Model file to write (e.g. model.artseg).")
+@click.option("--profile", type=click.Choice(["fast", "paper", "tiny"]), default="fast", show_default=True)
+@click.option("--cam", "cam_mode", type=click.Choice(["exact", "paper", "fast"]), default=None,
+              help="Score-CAM mode (default: the profile's).")
+@click.option("--edge/--no-edge", "edge_refine", default=None, help="Edge-map refinement of the saliency.")
+@click.option("--val-fraction", default=0.2, show_default=True, type=click.FloatRange(0, 0.9))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Checkpoints; re-running with the same folder resumes an interrupted training.")
+@click.option("--plane", type=int, default=None, help="Plane to read from multi-page TIFFs.")
+@click.option("--epochs", type=int, default=None, help="Override the classifier epochs of the profile.")
+@click.option("--unet-steps", type=int, default=None,
+              help="U-Net training steps, exactly (default: the profile's, more for large training sets).")
+@click.option("-v", "--verbose", count=True)
+def train(images, labels, clean, artifact, masks, out, profile, cam_mode, edge_refine, val_fraction, seed, device,
+          work_dir, plane, epochs, unet_steps, verbose):
+    """Train a model from image-level labels: IMAGES + labels.csv, or --clean DIR --artifact DIR."""
+    from artseg_core.io.labels import LabelFileError
+    from artseg_core.training.pipeline import train as train_fn
+
+    _setup_logging(verbose, (work_dir / "train.log") if work_dir else None)
+    if images is not None and labels is None:
+        for cand in (images / "labels.csv", images.parent / "labels.csv"):
+            if cand.is_file():
+                labels = cand
+                break
+        else:
+            if clean is None:
+                _fail(f"{images}: no labels.csv found; pass --labels or --clean/--artifact")
+    try:
+        model = train_fn(images, labels, clean=clean, artifact=artifact, masks=masks, profile=profile,
+                         val_fraction=val_fraction, seed=seed, device=device, work_dir=work_dir, progress=True,
+                         cam_mode=cam_mode, edge_refine=edge_refine, plane=plane, cls_epochs=epochs,
+                         unet_steps=unet_steps)
+    except (LabelFileError, ValueError) as e:
+        _fail(str(e))
+    model.save(out)
+    s = model.summary
+    click.echo(f"wrote {out}")
+    click.echo(f"  images: {s['n_images']} ({s['n_artifact']} artifact), validation: {s['n_val']}")
+    click.echo(f"  validation classifier: {json.dumps(s['classifier']['val_metrics'])}")
+    click.echo(f"  thresholds: {json.dumps(model.thresholds)}")
+    click.echo(f"  time: {s['seconds']['total']} s")
+
+
+# --------------------------------------------------------------------------- predict
+def predict_options(f):
+    opts = [
+        click.option("--mask/--no-mask", default=True, show_default=True, help="Write <name>_mask.tif (0/255)."),
+        click.option("--prob", is_flag=True, help="Write <name>_prob.tif (float32 probability)."),
+        click.option("--roi", is_flag=True, help="Write <name>_rois.zip (ImageJ ROI set of artifact outlines)."),
+        click.option("--cleaned", type=click.Choice(["median", "background"]), default=None,
+                     help="Write <name>_cleaned.tif with artifact pixels filled."),
+        click.option("--overlay", is_flag=True, help="Write <name>_overlay.png."),
+        click.option("--objects", is_flag=True, help="Write <name>_objects.csv (one row per artifact)."),
+        click.option("--plane", type=int, default=None, help="Plane to read from multi-page TIFFs."),
+        click.option("--gate/--no-gate", default=True, show_default=True,
+                     help="Skip the U-Net on images the classifier finds confidently clean."),
+        click.option("--threshold", type=click.FloatRange(0, 1), default=None,
+                     help="U-Net probability threshold (default: the model's calibrated value)."),
+        click.option("--min-size", type=click.IntRange(0), default=None,
+                     help="Minimum artifact area in pixels (default: calibrated)."),
+        click.option("--min-size-um", type=click.FloatRange(0), default=None,
+                     help="Minimum artifact area in um^2 (needs --pixel-size or TIFF metadata)."),
+        click.option("--pixel-size", type=click.FloatRange(0, min_open=True), default=None,
+                     help="Pixel size in um (default: from the file's metadata)."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def make_predict_options(mask, prob, roi, cleaned, overlay, objects, plane, gate, threshold, min_size, min_size_um,
+                         pixel_size):
+    from artseg_core.predict.files import PredictOptions
+
+    return PredictOptions(mask=mask, prob=prob, roi=roi, cleaned=cleaned, overlay=overlay, objects=objects,
+                          plane=plane, gate=gate, threshold=threshold, min_size=min_size, min_size_um=min_size_um,
+                          pixel_size=pixel_size)
+
+
+def _load(model_path, device):
+    from artseg_core.predict.model import load_model
+    from artseg_core.io.modelfile import ModelFileError
+
+    try:
+        return load_model(model_path, device=device)
+    except (ModelFileError, RuntimeError, ValueError) as e:
+        _fail(str(e))
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-m", "--model", "model_path", required=True, type=click.Path(path_type=Path), help="Model file.")
+@click.option("-o", "--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Results CSV (default OUT/artseg_results.csv).")
+@click.option("--recursive", is_flag=True, help="Search folders recursively.")
+@predict_options
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("-v", "--verbose", count=True)
+def predict(inputs, model_path, out, csv_path, recursive, device, quiet, verbose, **kw):
+    """Mask artifacts in INPUTS (files, folders or globs; TIFF, PNG, JPEG).
+
+    Exit code 0 when every image succeeded, 1 when any failed (their CSV rows say why), 2 on usage errors.
+    """
+    from artseg_core.io.images import ImageReadError, list_images
+    from artseg_core.predict.files import error_row, predict_files, write_csv, CSV_COLUMNS
+
+    _setup_logging(verbose)
+    try:
+        options = make_predict_options(**kw)
+    except ValueError as e:
+        _fail(str(e))
+    model = _load(model_path, device)
+    paths, missing = [], []
+    for inp in inputs:
+        try:
+            found = list_images([inp], recursive=recursive)
+        except ImageReadError as e:
+            missing.append(error_row(str(inp), str(e)))
+            continue
+        if not found:
+            missing.append(error_row(str(inp), f"{inp}: no such file, or no images (.tif .tiff .png .jpg .jpeg)"))
+        paths.extend(found)
+    rows = predict_files(model, paths, out, options, csv_path=csv_path, progress=not quiet)
+    rows = missing + rows
+    csv_path = csv_path or out / "artseg_results.csv"
+    write_csv(csv_path, rows, CSV_COLUMNS)
+    failed = [r for r in rows if r["status"] != "ok"]
+    for r in failed:
+        click.echo(f"artseg: error: {r['error']}", err=True)
+    ok = len(rows) - len(failed)
+    flagged = sum(1 for r in rows if r["status"] == "ok" and r["flagged"])
+    click.echo(f"{ok} image(s) done, {flagged} flagged, {len(failed)} failed; results: {csv_path}")
+    sys.exit(1 if failed else 0)
+
+
+# --------------------------------------------------------------------------- evaluate
+@main.command()
+@click.argument("predictions", type=click.Path(exists=True, path_type=Path))
+@click.option("--truth", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of ground-truth masks (label or binary images, same stem as the images).")
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Ground-truth labels.csv (image,label) for image-level metrics.")
+@click.option("--types", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Per-object artifact types (artifacts.csv from the phantom generator) for per-type metrics.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write JSON here.")
+def evaluate(predictions, truth, labels, types, json_path):
+    """Compare predictions (an `artseg predict` output folder) with ground truth; print a metrics table."""
+    from artseg_core.evaluation.evaluate import evaluate_folder, format_table
+
+    try:
+        report = evaluate_folder(predictions, truth, labels_csv=labels, types_csv=types)
+    except (ValueError, OSError) as e:
+        _fail(str(e))
+    click.echo(format_table(report))
+    if json_path:
+        from artseg_core.io.files import write_text
+
+        write_text(json_path, json.dumps(report, indent=2))
+        click.echo(f"wrote {json_path}")
+
+
+# --------------------------------------------------------------------------- demo
+@main.command()
+@click.option("-o", "--out", "out", default=Path("demo_out"), show_default=True,
+              type=click.Path(file_okay=False, path_type=Path))
+@click.option("--seed", default=0, show_default=True)
+@click.option("--quick", is_flag=True, help="A smaller plate and the tiny profile (about a minute).")
+def demo(out, seed, quick):
+    """Generate a phantom plate, train the fast profile, predict, evaluate and write an HTML page."""
+    from artseg_core.cli.demo import run_demo
+
+    _setup_logging(0, out / "demo.log")
+    page = run_demo(out, seed=seed, quick=quick)
+    click.echo(f"\nDone. Open {page} in a browser (results, metrics and overlays are in {out}/).")
+
+
+# --------------------------------------------------------------------------- phantoms
+@main.command()
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--rows", default=2, show_default=True)
+@click.option("--cols", default=3, show_default=True)
+@click.option("--fields", default=2, show_default=True)
+@click.option("--prevalence", default=0.5, show_default=True, type=click.FloatRange(0, 1))
+@click.option("--size", default=512, show_default=True, help="Image side in pixels.")
+@click.option("--bit-depth", type=click.Choice(["8", "16"]), default="16", show_default=True)
+@click.option("--seed", default=0, show_default=True)
+def phantoms(out, rows, cols, fields, prevalence, size, bit_depth, seed):
+    """Write a synthetic phantom plate with exact ground truth (images, nuclei, masks, labels.csv)."""
+    from artseg_core.data.phantoms import make_plate
+
+    p = make_plate(out, rows=rows, cols=cols, fields=fields, prevalence=prevalence, seed=seed, shape=(size, size),
+                   bit_depth=int(bit_depth))
+    click.echo(f"wrote {rows * cols * fields} fields to {out} (labels: {p})")
+
+
+@main.command()
+@click.argument("model_path", type=click.Path(path_type=Path))
+def info(model_path):
+    """Show a model file's configuration, thresholds and training summary."""
+    from artseg_core.io.modelfile import ModelFileError, load_model_file
+
+    try:
+        manifest, arrays = load_model_file(model_path)
+    except ModelFileError as e:
+        _fail(str(e))
+    manifest["n_arrays"] = len(arrays)
+    click.echo(json.dumps(manifest, indent=2))
+
+
+# --------------------------------------------------------------------------- batch, report (artseg_core/batch)
+from artseg_core.cli.batch import register as _register_batch  # noqa: E402
+
+_register_batch(main, sys.modules[__name__])
+
+
+# --------------------------------------------------------------------------- fiji-install
+@main.command("fiji-install")
+@click.argument("target", type=click.Path(path_type=Path))
+@click.option("--artseg-command", default=None,
+              help="Command ImageJ runs for the engine (default: this environment's artseg, absolute path).")
+def fiji_install(target, artseg_command):
+    """Install Plugins > ArtSeg > Mask Artifacts into a Fiji.app or ImageJ 1.x folder (README, "ImageJ and Fiji")."""
+    from artseg_core.bridges.fiji_install import FijiInstallError, install
+
+    try:
+        written = install(target, artseg_command=artseg_command)
+    except FijiInstallError as e:
+        _fail(str(e))
+    for p in written:
+        click.echo(f"wrote {p}")
+    click.echo("Restart ImageJ/Fiji: the command is Plugins > ArtSeg > Mask Artifacts.")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,1 @@
+"""Synthetic data with exact ground truth (phantom fields and plates)."""

@@ -1,0 +1,1 @@
+"""Metrics and the evaluation of predicted masks against ground truth."""

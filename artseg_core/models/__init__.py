@@ -1,1 +1,0 @@
-"""Plain torch modules: no training code, no I/O."""

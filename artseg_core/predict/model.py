@@ -1,0 +1,266 @@
+"""``ArtifactModel``: the trained classifier + U-Net with their calibrated thresholds, and its ``predict``.
+
+This is the one prediction entry point every face calls (CLI, CellProfiler module, Fiji, plate runner).
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from artseg_core._version import __version__
+from artseg_core.imgproc.normalize import apply_normalization, normalize_range
+from artseg_core.imgproc.postprocess import clean_mask, label_objects, min_size_pixels, object_table
+from artseg_core.imgproc.quality import quality_flags, quality_scores
+from artseg_core.io.modelfile import (
+    ModelFileError,
+    arrays_to_state_dict,
+    load_model_file,
+    save_model_file,
+    state_dict_to_arrays,
+)
+from artseg_core.nets.profiles import Profile
+
+#: Default thresholds used before calibration (and documented in the README).
+DEFAULT_THRESHOLDS = {"classifier": 0.5, "gate": 0.1, "unet": 0.5, "min_size": 16}
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when a GPU is usable, else ``cpu``; ``cpu``/``cuda`` are checked."""
+    import torch
+
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but no CUDA GPU is available; use --device cpu")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ValueError(f"unknown device {device!r}; use cpu, cuda or auto")
+    return device
+
+
+@dataclass
+class Result:
+    """What :meth:`ArtifactModel.predict` returns for one image."""
+
+    p_artifact: float
+    flagged: bool
+    segmented: bool                     # False when the classifier gate skipped the U-Net
+    prob: np.ndarray | None             # float32 HxW, or None when gated out
+    mask: np.ndarray                    # bool HxW
+    labels: np.ndarray                  # int32 HxW, connected components of mask
+    objects: list[dict] = field(default_factory=list)
+    quality: dict[str, Any] = field(default_factory=dict)
+    cleaned: np.ndarray | None = None
+
+    @property
+    def area_fraction(self) -> float:
+        return float(self.mask.mean()) if self.mask.size else 0.0
+
+    @property
+    def n_objects(self) -> int:
+        return len(self.objects)
+
+    def row(self) -> dict[str, Any]:
+        """One flat CSV row (no arrays): classifier, segmentation summary and QC scores/flags."""
+        r = {"p_artifact": round(float(self.p_artifact), 6), "flagged": bool(self.flagged),
+             "segmented": bool(self.segmented), "area_fraction": round(self.area_fraction, 6),
+             "n_objects": self.n_objects}
+        for k in ("focus", "illumination", "saturation"):
+            r[k] = round(float(self.quality[k]), 6) if k in self.quality else None
+        for k in ("defocus", "bad_illumination", "saturated"):
+            r[k] = bool(self.quality.get(k, False))
+        return r
+
+
+class ArtifactModel:
+    """A trained ArtSeg model: classifier (ResNet), segmenter (U-Net), thresholds and QC thresholds.
+
+    Parameters
+    ----------
+    profile : Profile
+        Network sizes and prediction tiling.
+    classifier, unet : torch.nn.Module
+    thresholds : dict
+        ``classifier`` (flag when p_artifact >= it), ``gate`` (skip the U-Net when p_artifact < it),
+        ``unet`` (pixel probability threshold), ``min_size`` (pixels).
+    quality_thresholds : dict
+        From :func:`artseg_core.quality.fit_quality_thresholds` on clean training images.
+    summary : dict
+        Training summary (counts, validation metrics, timings).
+    """
+
+    def __init__(self, profile: Profile, classifier, unet, thresholds: dict | None = None,
+                 quality_thresholds: dict | None = None, summary: dict | None = None, device: str = "cpu",
+                 precision: str = "fp32"):
+        self.profile = profile
+        self.classifier = classifier.eval()
+        self.unet = unet.eval()
+        self.thresholds = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
+        self.quality_thresholds = dict(quality_thresholds or {})
+        self.summary = dict(summary or {})
+        self.precision = precision
+        self.device = "cpu"
+        self.to(device)
+
+    # ----------------------------------------------------------------- construction
+    @staticmethod
+    def build_networks(profile: Profile):
+        """Fresh, untrained classifier and U-Net for a profile."""
+        from artseg_core.nets.resnet import build_resnet
+        from artseg_core.nets.unet import ArtSegUNet
+
+        cls = build_resnet(profile.arch, in_channels=1, num_classes=2, width=profile.cls_width,
+                           layer4_stride=profile.cls_layer4_stride)
+        unet = ArtSegUNet(in_channels=1, out_channels=1, width=profile.unet_width, levels=profile.unet_levels,
+                          scale=profile.unet_scale)
+        return cls, unet
+
+    def to(self, device: str = "auto") -> "ArtifactModel":
+        self.device = resolve_device(device)
+        self.classifier.to(self.device)
+        self.unet.to(self.device)
+        return self
+
+    # ----------------------------------------------------------------- inference pieces
+    def _autocast(self):
+        if self.precision == "bf16":
+            from artseg_core.nets.accel import autocast_context
+
+            return autocast_context(self.device, True)
+        return contextlib.nullcontext()
+
+    def classify(self, norm_image: np.ndarray) -> float:
+        """Probability that a normalised image contains an artifact."""
+        import torch
+
+        from artseg_core.nets.resnet import resize_for_classifier
+
+        x = resize_for_classifier(norm_image, self.profile.cls_size).to(self.device)
+        with torch.inference_mode(), self._autocast():
+            logits = self.classifier(x)
+        return float(torch.softmax(logits.float(), 1)[0, 1])
+
+    def segment(self, norm_image: np.ndarray, tile: int | None = None, overlap: int | None = None) -> np.ndarray:
+        """Pixel probability map of a normalised image of any size (tiled, overlap-blended)."""
+        return self._segment(norm_image, tile=tile, overlap=overlap)
+
+    def _segment(self, image: np.ndarray, tile: int | None = None, overlap: int | None = None,
+                 transform=None) -> np.ndarray:
+        """:meth:`segment`; ``transform`` (elementwise, e.g. the normalisation) is applied tile by tile."""
+        import torch
+
+        from artseg_core.imgproc.tiling import predict_tiled
+
+        def fn(batch: np.ndarray) -> np.ndarray:
+            xb = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
+            with torch.inference_mode(), self._autocast():
+                p = self.unet.probability(xb)
+            return p.float().cpu().numpy()
+
+        return predict_tiled(fn, image, tile=tile or self.profile.predict_tile,
+                             overlap=self.profile.predict_overlap if overlap is None else overlap,
+                             divisor=self.unet.divisor, transform=transform)
+
+    def predict(self, image: np.ndarray, gate: bool = True, threshold: float | None = None,
+                min_size: int | None = None, pixel_size: float | None = None, min_size_um: float | None = None,
+                fill: str | None = None, fill_holes: bool = True, seed: int = 0) -> Result:
+        """Find and mask artifacts in one 2-D image.
+
+        Parameters
+        ----------
+        image : ndarray (H, W)
+            Raw image of any numeric dtype and size; it is normalised here (percentiles).
+        gate : bool
+            Skip the U-Net when the classifier is confidently clean (p_artifact < the calibrated gate).
+        threshold : float, optional
+            U-Net probability threshold; None = calibrated value.
+        min_size : int, optional
+            Minimum artifact area in pixels; None = calibrated value (unless ``min_size_um`` is given).
+        pixel_size, min_size_um : float, optional
+            Pixel size in um and a minimum artifact area in um^2 (converted to pixels).
+        fill : {None, "median", "background"}
+            Also return an image with artifact pixels filled (:func:`artseg_core.inpaint.fill_artifacts`).
+        """
+        from artseg_core.imgproc.inpaint import fill_artifacts
+
+        image = np.asarray(image)
+        if image.ndim != 2:
+            raise ValueError(f"predict expects a 2-D image, got shape {image.shape}")
+        # Memory: the normalised float32 image (4 bytes/px) lives only while the classifier runs; the U-Net
+        # normalises tile by tile with the same offset/scale (identical values to io.normalize).
+        lo, scale = normalize_range(image)
+        norm = apply_normalization(image, lo, scale)
+        p = self.classify(norm)
+        del norm
+        flagged = p >= self.thresholds["classifier"]
+        quality = quality_scores(image)
+        quality.update(quality_flags(quality, self.quality_thresholds))
+        run_unet = (not gate) or p >= self.thresholds["gate"]
+        thr = self.thresholds["unet"] if threshold is None else float(threshold)
+        if min_size_um is not None:
+            ms = min_size_pixels(min_size_um2=min_size_um, pixel_size=pixel_size)
+        else:
+            ms = int(self.thresholds["min_size"] if min_size is None else min_size)
+        if run_unet:
+            prob = self._segment(image, transform=lambda tile: apply_normalization(tile, lo, scale))
+            mask = clean_mask(prob, threshold=thr, min_size=ms, fill_holes=fill_holes)
+        else:
+            prob = None
+            mask = np.zeros(image.shape, bool)
+        labels = label_objects(mask)
+        objects = object_table(labels, prob=prob, pixel_size=pixel_size)
+        cleaned = fill_artifacts(image, mask, method=fill, seed=seed) if fill else None
+        return Result(p_artifact=p, flagged=bool(flagged), segmented=bool(run_unet), prob=prob, mask=mask,
+                      labels=labels, objects=objects, quality=quality, cleaned=cleaned)
+
+    # ----------------------------------------------------------------- persistence
+    def manifest(self) -> dict:
+        import torch
+
+        return {
+            "artseg_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "profile": self.profile.to_dict(),
+            "thresholds": self.thresholds,
+            "quality_thresholds": self.quality_thresholds,
+            "summary": self.summary,
+            "versions": {"artseg": __version__, "torch": torch.__version__, "numpy": np.__version__,
+                         "python": platform.python_version()},
+        }
+
+    def save(self, path) -> Path:
+        """Write the one model file (see :mod:`artseg_core.modelfile`)."""
+        arrays = {**state_dict_to_arrays("classifier", self.classifier.state_dict()),
+                  **state_dict_to_arrays("unet", self.unet.state_dict())}
+        return save_model_file(path, self.manifest(), arrays)
+
+    def __repr__(self) -> str:
+        return (f"ArtifactModel(profile={self.profile.name!r}, arch={self.profile.arch!r}, "
+                f"thresholds={self.thresholds}, device={self.device!r})")
+
+
+def load_model(path, device: str = "auto", precision: str = "fp32") -> ArtifactModel:
+    """Load a model file written by :meth:`ArtifactModel.save`.
+
+    Raises
+    ------
+    ModelFileError
+        Missing, truncated, corrupt, foreign or newer-format file, or weights that do not fit the configuration.
+    """
+    manifest, arrays = load_model_file(path)
+    try:
+        profile = Profile.from_dict(manifest["profile"])
+        cls, unet = ArtifactModel.build_networks(profile)
+        cls.load_state_dict(arrays_to_state_dict("classifier", arrays))
+        unet.load_state_dict(arrays_to_state_dict("unet", arrays))
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise ModelFileError(path, f"weights do not match the stored configuration ({str(e).splitlines()[0]})") \
+            from None
+    return ArtifactModel(profile, cls, unet, thresholds=manifest.get("thresholds"),
+                         quality_thresholds=manifest.get("quality_thresholds"), summary=manifest.get("summary"),
+                         device=device, precision=precision)

@@ -1,0 +1,2 @@
+"""Training: the weak-supervision pipeline (:func:`~artseg_core.training.pipeline.train`), its loops,
+augmentation, checkpoints."""

@@ -1,0 +1,1 @@
+"""Weak supervision: saliency maps (Score-CAM) and their refinement into pseudo-masks."""

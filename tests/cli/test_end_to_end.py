@@ -1,0 +1,161 @@
+"""End to end: train on a tiny phantom plate, save/load, predict (API and CLI), evaluate."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import tifffile
+from click.testing import CliRunner
+
+import artseg_core
+from artseg_core.data import phantoms
+from artseg_core.cli.main import main
+from artseg_core.io.images import read_image
+from artseg_core.io.modelfile import ModelFileError
+
+
+@pytest.fixture(scope="module")
+def model(trained_model_path):
+    return artseg_core.load_model(trained_model_path, device="cpu")
+
+
+def test_model_file_holds_everything(trained_model_path):
+    from artseg_core.io.modelfile import load_model_file
+
+    manifest, arrays = load_model_file(trained_model_path)
+    assert manifest["profile"]["name"] == "tiny"
+    assert set(manifest["thresholds"]) >= {"classifier", "gate", "unet", "min_size"}
+    assert manifest["summary"]["n_images"] == 48 and manifest["summary"]["n_val"] > 0
+    assert set(manifest["versions"]) >= {"artseg", "torch", "numpy"}
+    assert any(k.startswith("classifier.layer4") for k in arrays) and any(k.startswith("unet.") for k in arrays)
+    assert manifest["quality_thresholds"], "QC thresholds learned from the clean training images"
+
+
+def test_save_load_round_trip_gives_identical_predictions(model, tmp_path):
+    f = phantoms.make_field((256, 256), seed=123, artifacts=["bubble"])
+    path = tmp_path / "again.artseg"
+    model.save(path)
+    again = artseg_core.load_model(path, device="cpu")
+    a, b = model.predict(f.image, gate=False), again.predict(f.image, gate=False)
+    assert a.p_artifact == b.p_artifact
+    np.testing.assert_array_equal(a.prob, b.prob)
+    assert again.thresholds == model.thresholds
+
+
+def test_model_learned_something(model, tiny_plate):
+    """On a held-apart plate the classifier ranks artifact images above clean ones better than chance."""
+    from artseg_core.evaluation.metrics import roc_auc
+
+    ys, ps = [], []
+    with open(tiny_plate / "labels.csv") as fh:
+        for r in csv.DictReader(fh):
+            img = read_image(tiny_plate / "images" / r["image"])
+            ys.append(r["label"] == "artifact")
+            ps.append(model.predict(img, gate=True).p_artifact)
+    assert roc_auc(ys, ps) > 0.7
+
+
+def test_predict_result_is_consistent(model):
+    f = phantoms.make_field((200, 300), seed=5, artifacts=["debris", "fibre"])
+    r = model.predict(f.image, gate=False, fill="median")
+    assert r.prob.shape == r.mask.shape == r.labels.shape == (200, 300)
+    assert r.prob.dtype == np.float32 and 0 <= r.prob.min() and r.prob.max() <= 1
+    assert r.n_objects == int(r.labels.max()) == len(r.objects)
+    assert r.area_fraction == pytest.approx(r.mask.mean())
+    assert sum(o["area"] for o in r.objects) == int(r.mask.sum())
+    assert r.cleaned.dtype == f.image.dtype and np.array_equal(r.cleaned[~r.mask], f.image[~r.mask])
+    row = r.row()
+    assert set(row) >= {"p_artifact", "flagged", "area_fraction", "n_objects", "focus", "illumination",
+                        "saturation", "defocus", "bad_illumination", "saturated"}
+    assert r.segmented is True
+
+
+def test_gate_skips_unet_on_confidently_clean(model):
+    f = phantoms.make_field((256, 256), seed=9, artifacts=[])
+    old = dict(model.thresholds)
+    try:
+        model.thresholds["gate"] = 1.01  # every image is "confidently clean"
+        r = model.predict(f.image, gate=True)
+        assert r.segmented is False and r.prob is None and not r.mask.any()
+        r2 = model.predict(f.image, gate=False)
+        assert r2.segmented is True and r2.prob is not None
+    finally:
+        model.thresholds.update(old)
+
+
+def test_tiled_equals_untiled_inside_tiles(model):
+    """Tiled U-Net prediction matches one whole-image pass away from the image border.
+
+    Exact equality for networks whose receptive field fits in the overlap is tested in test_tiling.py; the U-Net's
+    receptive field is larger than any practical overlap, so zero padding at tile borders leaves tiny differences:
+    they must stay far below what changes a mask.
+    """
+    f = phantoms.make_field((512, 512), seed=11, artifacts=["clump"])
+    norm = artseg_core.normalize(f.image)
+    whole = model.segment(norm, tile=512, overlap=0)
+    tiled = model.segment(norm, tile=256, overlap=128)
+    d = np.abs(tiled - whole)[32:-32, 32:-32]
+    assert d.max() < 5e-2 and d.mean() < 1e-3, (d.max(), d.mean())
+    thr = model.thresholds["unet"]
+    agree = ((tiled >= thr) == (whole >= thr)).mean()
+    assert agree > 0.999
+
+
+def test_cli_predict_outputs_csv_and_bad_files(trained_model_path, tmp_path):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    f1 = phantoms.make_field((256, 256), seed=1, artifacts=["bubble"])
+    f2 = phantoms.make_field((128, 160), seed=2, artifacts=[])
+    tifffile.imwrite(inp / "a.tif", f1.image)
+    tifffile.imwrite(inp / "b.tif", f2.image)
+    (inp / "broken.tif").write_bytes(b"II*\x00" + b"\x00" * 10)          # truncated TIFF
+    tifffile.imwrite(inp / "flat.tif", np.full((64, 64), 7, np.uint16))  # constant image
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["predict", str(inp), str(tmp_path / "missing.tif"), "--model",
+                                    str(trained_model_path), "--out", str(out), "--roi", "--prob", "--overlay",
+                                    "--cleaned", "background", "--quiet", "--no-gate"])
+    assert res.exit_code == 1, res.output
+    rows = {r["image"].split("/")[-1]: r for r in csv.DictReader(open(out / "artseg_results.csv"))}
+    assert set(rows) == {"a.tif", "b.tif", "broken.tif", "flat.tif", "missing.tif"}
+    assert rows["a.tif"]["status"] == "ok" and rows["b.tif"]["status"] == "ok"
+    assert rows["broken.tif"]["status"] == "error" and "broken.tif" in rows["broken.tif"]["error"]
+    assert "constant" in rows["flat.tif"]["error"]
+    assert "missing.tif" in rows["missing.tif"]["error"]
+    for name, shape in (("a", (256, 256)), ("b", (128, 160))):
+        m = tifffile.imread(out / f"{name}_mask.tif")
+        assert m.shape == shape and set(np.unique(m)) <= {0, 255}
+        assert tifffile.imread(out / f"{name}_prob.tif").shape == shape
+        assert tifffile.imread(out / f"{name}_cleaned.tif").dtype == np.uint16
+        assert (out / f"{name}_rois.zip").is_file() and (out / f"{name}_overlay.png").is_file()
+        assert float(rows[f"{name}.tif"]["area_fraction"]) == pytest.approx((m > 0).mean(), abs=1e-6)
+    assert not (out / "broken_mask.tif").exists()
+
+
+def test_cli_bad_model_file_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.artseg"
+    bad.write_bytes(b"nope")
+    img = tmp_path / "x.tif"
+    tifffile.imwrite(img, phantoms.make_field((64, 64), seed=0).image)
+    res = CliRunner().invoke(main, ["predict", str(img), "--model", str(bad), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2
+    assert "bad.artseg" in res.output and "model file" in res.output
+    with pytest.raises(ModelFileError):
+        artseg_core.load_model(bad)
+
+
+def test_cli_evaluate_on_predictions(trained_model_path, tiny_plate, tmp_path):
+    out = tmp_path / "pred"
+    r = CliRunner().invoke(main, ["predict", str(tiny_plate / "images"), "--model", str(trained_model_path),
+                                  "--out", str(out), "--quiet"])
+    assert r.exit_code == 0, r.output
+    js = tmp_path / "m.json"
+    r = CliRunner().invoke(main, ["evaluate", str(out), "--truth", str(tiny_plate / "masks"), "--labels",
+                                  str(tiny_plate / "labels.csv"), "--types", str(tiny_plate / "artifacts.csv"),
+                                  "--json", str(js)])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(js.read_text())
+    assert rep["n_images"] == 12
+    assert 0 <= rep["image"]["f1"] <= 1 and "object" in rep and rep["per_type"]
+    assert "image level" in r.output and "pixel" in r.output

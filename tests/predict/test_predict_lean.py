@@ -1,0 +1,94 @@
+"""The memory-lean prediction path gives exactly the results of the plain one.
+
+``ArtifactModel.predict`` no longer keeps a full-size normalised float32 copy of the image while the
+U-Net runs: the tiles are normalised on the fly with the percentiles of the whole image.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from artseg_core.data import phantoms
+from artseg_core.imgproc.normalize import NORMALIZE_SUBSAMPLE_PIXELS, apply_normalization, normalize, normalize_range
+from artseg_core.predict.model import ArtifactModel
+from artseg_core.nets.profiles import get_profile
+from artseg_core.imgproc.tiling import predict_tiled
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint8, np.int32, np.float32, np.float64])
+def test_normalize_by_parts_equals_normalize(dtype):
+    rng = np.random.default_rng(0)
+    base = rng.normal(3000, 400, (300, 200)).clip(0, 65535)
+    if dtype == np.uint8:
+        img = (base / 30).astype(np.uint8)
+    elif dtype == np.float64:
+        img = base + 1e6  # a large offset: the float64 path keeps its precision
+    else:
+        img = base.astype(dtype)
+    whole = normalize(img)
+    lo, scale = normalize_range(img)
+    part = apply_normalization(img[50:170, 30:190], lo, scale)
+    assert part.dtype == np.float32
+    np.testing.assert_array_equal(part, whole[50:170, 30:190])
+    np.testing.assert_array_equal(apply_normalization(img, lo, scale), whole)
+
+
+def test_normalize_range_uses_the_subsample_of_normalize():
+    side = int(np.sqrt(NORMALIZE_SUBSAMPLE_PIXELS)) + 60  # just above the subsampling limit
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 4096, (side, side), dtype=np.uint16)
+    img[::2, ::2] = 4095  # the strided subsample sees these, a full-image percentile would not match
+    lo, scale = normalize_range(img)
+    np.testing.assert_array_equal(apply_normalization(img[:64, :64], lo, scale), normalize(img)[:64, :64])
+
+
+def test_normalize_range_rejects_bad_input():
+    with pytest.raises(ValueError, match="pmin"):
+        normalize_range(np.ones((4, 4)), 50, 10)
+    with pytest.raises(ValueError, match="non-empty"):
+        normalize_range(np.zeros((0, 3)))
+    with pytest.raises(ValueError, match="pmin"):  # normalize still checks percentiles first, even when empty
+        normalize(np.zeros((0, 3)), 50, 10)
+
+
+def test_predict_tiled_transform_equals_transformed_input():
+    rng = np.random.default_rng(2)
+    img = rng.integers(0, 60000, (333, 250), dtype=np.uint16)
+    lo, scale = normalize_range(img)
+
+    def fn(b):
+        return np.tanh(b * 3.0) + 0.1 * np.roll(b, 1, axis=-1)
+
+    ref = predict_tiled(fn, normalize(img), tile=128, overlap=32, divisor=16)
+    got = predict_tiled(fn, img, tile=128, overlap=32, divisor=16,
+                        transform=lambda t: apply_normalization(t, lo, scale))
+    np.testing.assert_array_equal(got, ref)
+
+
+@pytest.fixture(scope="module")
+def untrained_tiny():
+    prof = get_profile("tiny").with_overrides(predict_tile=128, predict_overlap=32)
+    return ArtifactModel(prof, *ArtifactModel.build_networks(prof), thresholds={"unet": 0.5, "min_size": 4},
+                         device="cpu")
+
+
+def test_predict_equals_normalize_then_segment(untrained_tiny):
+    m = untrained_tiny
+    f = phantoms.make_field((300, 260), seed=4, artifacts=["debris", "bubble"])
+    res = m.predict(f.image, gate=False)
+    norm = normalize(f.image)
+    np.testing.assert_array_equal(res.prob, m.segment(norm))
+    assert res.p_artifact == m.classify(norm)
+    assert res.prob.dtype == np.float32 and res.prob.shape == f.image.shape
+    assert res.labels.dtype == np.int32
+
+
+def test_predict_reads_a_memmap_without_changing_it(untrained_tiny, tmp_path):
+    f = phantoms.make_field((256, 256), seed=6, artifacts=["fibre"])
+    mm = np.lib.format.open_memmap(tmp_path / "im.npy", mode="w+", dtype=f.image.dtype, shape=f.image.shape)
+    mm[:] = f.image
+    mm.flush()
+    ro = np.load(tmp_path / "im.npy", mmap_mode="r")
+    res = untrained_tiny.predict(ro, gate=False)
+    np.testing.assert_array_equal(res.prob, untrained_tiny.predict(f.image, gate=False).prob)
+    np.testing.assert_array_equal(np.asarray(ro), f.image)

@@ -1,0 +1,141 @@
+"""Training loops: an interrupted training resumes from its checkpoint to the same result; seeds reproduce."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from artseg_core.nets.resnet import resnet18
+from artseg_core.nets.unet import ArtSegUNet
+from artseg_core.training.classifier import ClassifierFitConfig, fit_classifier
+from artseg_core.training.unet import UNetFitConfig, fit_unet
+
+
+def _seeded(build, *args, **kw):
+    torch.manual_seed(0)
+    return build(*args, **kw)
+
+
+def _cls_data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(24, 1, 32, 32, generator=g)
+    y = np.array([0, 1] * 12)
+    x[y == 1, :, 10:20, 10:20] += 2.0  # a bright square marks the "artifact" class
+    return x, y
+
+
+def test_classifier_resumes_to_the_same_weights(tmp_path):
+    torch.set_num_threads(1)
+    x, y = _cls_data()
+    cfg = ClassifierFitConfig(epochs=4, batch_size=8, seed=3, min_steps_per_epoch=2)
+    ref = _seeded(resnet18, width=4)
+    fit_classifier(ref, x, y, x[:8], y[:8], cfg)
+    ck = tmp_path / "c.ckpt"
+    part = _seeded(resnet18, width=4)
+    h1 = fit_classifier(part, x, y, x[:8], y[:8], ClassifierFitConfig(**{**cfg.__dict__, "epochs": 2}), checkpoint=ck)
+    assert h1["epochs_run"] == 2 and ck.is_file()
+    resumed = resnet18(width=4)  # a fresh process: other weights, replaced from the checkpoint
+    h2 = fit_classifier(resumed, x, y, x[:8], y[:8], cfg, checkpoint=ck)
+    assert h2["resumed_from"] == 2 and h2["epochs_run"] == 4 and len(h2["history"]) == 4
+    for (k, a), b in zip(ref.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=k)
+
+
+def test_unet_resumes_to_the_same_weights(tmp_path):
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    imgs = [rng.random((40, 48), dtype=np.float32) for _ in range(3)]
+    masks = [im > 0.8 for im in imgs]
+    cfg = UNetFitConfig(steps=6, batch_size=2, tile=32, seed=1, checkpoint_every=2)
+    ref = _seeded(ArtSegUNet, width=4, levels=2)
+    fit_unet(ref, imgs, masks, cfg)
+    ck = tmp_path / "u.ckpt"
+
+    def interrupt(step, loss):
+        if step == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit_unet(_seeded(ArtSegUNet, width=4, levels=2), imgs, masks, cfg, checkpoint=ck, on_step=interrupt)
+    resumed = ArtSegUNet(width=4, levels=2)
+    h = fit_unet(resumed, imgs, masks, cfg, checkpoint=ck)
+    assert h["resumed_from"] == 4 and h["steps_run"] == 6
+    for (k, a), b in zip(ref.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=k)
+
+
+def test_classifier_training_is_seeded():
+    torch.set_num_threads(1)
+    x, y = _cls_data()
+    cfg = ClassifierFitConfig(epochs=2, batch_size=8, seed=5, min_steps_per_epoch=2)
+    a, b = _seeded(resnet18, width=4), _seeded(resnet18, width=4)
+    torch.manual_seed(123)  # different global state must not matter: the loop seeds itself
+    fit_classifier(a, x, y, None, None, cfg)
+    fit_classifier(b, x, y, None, None, cfg)
+    for (k, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(p, q, msg=k)
+
+
+def test_fast_math_classifier_learns_and_leaves_a_standard_model():
+    """fast_math (channels-last, bf16 autocast where native) still learns the toy task, and the trained model is
+    handed back in the standard NCHW layout, so saving and fp32 inference see ordinary contiguous weights."""
+    from artseg_core.nets.accel import bf16_supported, training_precision
+    from artseg_core.training.classifier import predict_proba
+
+    torch.set_num_threads(1)
+    x, y = _cls_data()
+    m = _seeded(resnet18, width=4)
+    h = fit_classifier(m, x, y, x, y, ClassifierFitConfig(epochs=15, batch_size=8, seed=0, min_steps_per_epoch=3,
+                                                          fast_math=True))
+    assert h["history"][-1]["train_loss"] < h["history"][0]["train_loss"]
+    assert all(p.is_contiguous() for p in m.parameters())
+    p = predict_proba(m, x)
+    assert ((p > 0.5) == (y == 1)).mean() >= 0.8  # fp32 reaches 1.0 here, bf16 0.875: why it is opt-in
+    prec = training_precision(resnet18(width=4), "cpu", fast_math=True)
+    assert prec.bf16 == bf16_supported("cpu") and prec.channels_last
+    assert not training_precision(resnet18(width=4), "cpu", fast_math=False).bf16
+
+
+def test_fast_math_unet_learns():
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    imgs = [rng.random((48, 48), dtype=np.float32) * 0.2 for _ in range(4)]
+    masks = []
+    for im in imgs:
+        m = np.zeros(im.shape, bool)
+        r, c = rng.integers(8, 32, 2)
+        m[r:r + 10, c:c + 10] = True
+        im[m] += 0.8
+        masks.append(m)
+    net = _seeded(ArtSegUNet, width=4, levels=2)
+    h = fit_unet(net, imgs, masks, UNetFitConfig(steps=100, batch_size=4, tile=32, lr=5e-3, seed=0, fast_math=True))
+    assert h["history"][-1]["loss"] < 0.3 * h["history"][0]["loss"]  # measured: 1.49 -> 0.09 (fp32 alike)
+    assert all(p.is_contiguous() for p in net.parameters())
+
+
+def test_unet_steps_grow_with_the_training_set():
+    from artseg_core.nets.profiles import get_profile, unet_training_steps
+
+    fast = get_profile("fast")
+    assert unet_training_steps(fast, 160) == fast.unet_steps == 600  # the demo's 200 fields: the fixed budget
+    assert unet_training_steps(fast, 640) == 2400                      # 30 crops per image, 8 per step
+    assert unet_training_steps(fast, 641) == 2404                      # rounded up
+    assert unet_training_steps(get_profile("tiny"), 10_000) == get_profile("tiny").unet_steps
+    with pytest.raises(ValueError, match="n_train"):
+        unet_training_steps(fast, -1)
+
+
+def test_train_runs_the_scaled_or_the_asked_number_of_unet_steps(tmp_path):
+    import artseg_core
+    from artseg_core.data import phantoms
+    from artseg_core.nets.profiles import get_profile, unet_training_steps
+
+    plate = tmp_path / "plate"
+    phantoms.make_plate(plate, rows=2, cols=6, fields=2, prevalence=0.5, seed=3, shape=(64, 64))
+    prof = get_profile("tiny", cls_size=64, cls_epochs=1, unet_tile=64, unet_steps=3, unet_crops_per_image=8)
+    m = artseg_core.train(plate / "images", plate / "labels.csv", profile=prof, seed=0, progress=False)
+    n_train = m.summary["n_train"]
+    assert m.summary["unet"]["steps_run"] == unet_training_steps(prof, n_train) == -(-8 * n_train // 8) > 3
+    # steps asked for explicitly (``artseg train --unet-steps``) are run exactly, not scaled
+    m = artseg_core.train(plate / "images", plate / "labels.csv", profile=prof, seed=0, progress=False, unet_steps=5)
+    assert m.summary["unet"]["steps_run"] == 5

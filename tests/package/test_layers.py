@@ -22,7 +22,7 @@ LAYERS = {
     "data": 3, "evaluation": 3, "weak": 3,
     "predict": 4,
     "training": 5,
-    "batch": 6, "bridges": 6,
+    "batch": 6, "bridges": 6, "export": 6, "label": 6, "napari": 6,
     "cli": 7,
     "": 8,  # the package root re-exports the public API (lazily)
 }

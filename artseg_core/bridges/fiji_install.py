@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from artseg_core.bridges.resources import ResourceNotFoundError, resource_dir
+
 __all__ = ["install", "detect_layout", "default_artseg_command", "script_sources", "FijiInstallError",
            "COMMAND_FILE"]
 
@@ -42,15 +44,12 @@ def script_sources() -> Path:
     """The folder holding ``Mask_Artifacts.ijm`` and ``Mask_Artifacts.py`` in this installation.
 
     The repository's ``fiji_scripts/`` (source checkout or editable install), else the copy a wheel installs
-    under ``<prefix>/share/artseg/fiji_scripts``.
+    (:func:`artseg_core.bridges.resources.resource_dir`).
     """
-    cands = [Path(__file__).resolve().parents[1] / "fiji_scripts",
-             Path(sys.prefix) / "share" / "artseg" / "fiji_scripts"]
-    for c in cands:
-        if (c / MACRO).is_file():
-            return c
-    raise FijiInstallError("the ArtSeg ImageJ scripts were not found (looked in "
-                           + ", ".join(str(c) for c in cands) + "); reinstall artseg")
+    try:
+        return resource_dir("fiji_scripts")
+    except ResourceNotFoundError as e:
+        raise FijiInstallError(str(e)) from e
 
 
 def detect_layout(target_dir: str | os.PathLike) -> tuple[str, Path]:

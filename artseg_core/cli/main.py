@@ -288,5 +288,25 @@ def fiji_install(target, artseg_command):
     click.echo("Restart ImageJ/Fiji: the command is Plugins > ArtSeg > Mask Artifacts.")
 
 
+# --------------------------------------------------------------------------- cellprofiler-install
+@main.command("cellprofiler-install")
+@click.argument("plugins_dir", type=click.Path(path_type=Path))
+@click.option("--pipelines", "pipelines_dir", type=click.Path(path_type=Path), default=None,
+              help="Also copy the example .cppipe pipelines into this folder.")
+def cellprofiler_install(plugins_dir, pipelines_dir):
+    """Put the MaskArtifacts module into a CellProfiler plugins folder (README, "CellProfiler")."""
+    from artseg_core.bridges.cellprofiler_install import CellProfilerInstallError, install
+
+    try:
+        written = install(plugins_dir, pipelines_dir)
+    except CellProfilerInstallError as e:
+        _fail(str(e))
+    for p in written:
+        click.echo(f"wrote {p}")
+    click.echo(f"In CellProfiler set File > Preferences > CellProfiler plugins directory to {Path(plugins_dir)} "
+               f"(headless: cellprofiler --plugins-directory {Path(plugins_dir)}), then restart it; the module is "
+               "Image Processing > MaskArtifacts. CellProfiler must run in this Python environment.")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

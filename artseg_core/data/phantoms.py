@@ -69,7 +69,7 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["ARTIFACT_KINDS", "Field", "make_field", "make_plate", "well_name"]
+__all__ = ["ARTIFACT_KINDS", "Field", "make_field", "make_plate", "well_name_0based"]
 
 ARTIFACT_KINDS: tuple[str, ...] = ("debris", "fibre", "bubble", "clump", "defocus", "blotch")
 
@@ -829,8 +829,9 @@ def make_field(shape=(512, 512), seed=0, artifacts=None, n_artifacts=None, densi
                  nuclei_labels=renum[nl], density=dens, pixel_size=float(pixel_size), info=info)
 
 
-def well_name(row: int, col: int) -> str:
-    """Well name from 0-based row and column: (0, 0) -> 'A01', (1, 11) -> 'B12'."""
+def well_name_0based(row: int, col: int) -> str:
+    """Well name from 0-based row and column: (0, 0) -> "A01", (1, 11) -> "B12" (the plate runner's
+    :func:`artseg_core.batch.platenames.well_name` takes 1-based numbers)."""
     if not 0 <= row < 26:
         raise ValueError(f"row index must be in 0..25 (A..Z), got {row}")
     if not 0 <= col < 99:
@@ -899,7 +900,7 @@ def make_plate(out_dir, rows=2, cols=3, fields=2, prevalence=0.5, seed=0, shape=
     for r in range(int(rows)):
         for c in range(int(cols)):
             for s in range(1, int(fields) + 1):
-                stem = f"{plate}_{well_name(r, c)}_s{s}"
+                stem = f"{plate}_{well_name_0based(r, c)}_s{s}"
                 kk = [kinds[j] for j in rng.integers(0, len(kinds), int(rng.integers(1, 4)))] if with_art[k] else []
                 f = make_field(shape, seed=int(seeds[k]), artifacts=kk, bit_depth=bit_depth)
                 name = f"{stem}_w1.tif"

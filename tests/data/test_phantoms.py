@@ -246,6 +246,6 @@ def test_make_plate_bad_arguments(tmp_path, bad):
 
 
 def test_well_names():
-    assert P.well_name(0, 0) == "A01" and P.well_name(7, 11) == "H12"
+    assert P.well_name_0based(0, 0) == "A01" and P.well_name_0based(7, 11) == "H12"
     with pytest.raises(ValueError):
-        P.well_name(26, 0)
+        P.well_name_0based(26, 0)

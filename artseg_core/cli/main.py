@@ -141,6 +141,18 @@ def _load(model_path, device):
         _fail(str(e))
 
 
+def _warnings_to_log() -> None:
+    """Python warnings become one log line ("artseg.warnings": category and message, no source lines), so that
+    they reach the run's log file too."""
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        logging.getLogger("artseg.warnings").warning("%s: %s (%s:%s)", category.__name__, message,
+                                                     Path(filename).name, lineno)
+
+    warnings.showwarning = show
+
+
 @main.command()
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-m", "--model", "model_path", required=True, type=click.Path(path_type=Path), help="Model file.")
@@ -156,38 +168,37 @@ def _load(model_path, device):
 def predict(inputs, model_path, out, csv_path, recursive, device, quiet, verbose, **kw):
     """Mask artifacts in INPUTS (files, folders or globs; TIFF, PNG, JPEG).
 
-    Exit code 0 when every image succeeded, 1 when any failed (their CSV rows say why), 2 on usage errors.
+    Every input gets its own output name (the CSV's 'output' column); files inside OUT are never inputs. A rerun
+    into OUT replaces the previous run's outputs; two runs cannot use one OUT at once.
+
+    Exit code 0 when every image succeeded, 1 when any failed (their CSV rows say why), 2 on usage errors (a
+    missing input, a bad model file, an output folder that is busy or cannot be written).
     """
-    from artseg_core.io.images import ImageReadError, list_images
-    from artseg_core.predict.files import error_row, predict_files, write_csv, CSV_COLUMNS
+    from artseg_core.io.lock import OutputFolderError
+    from artseg_core.predict.files import collect_inputs, run_predict
 
     _setup_logging(verbose)
+    _warnings_to_log()
     try:
         options = make_predict_options(**kw)
     except ValueError as e:
         _fail(str(e))
+    paths, problems = collect_inputs(inputs, recursive=recursive, exclude=out)
+    if problems:
+        _fail("; ".join(problems))
     model = _load(model_path, device)
-    paths, missing = [], []
-    for inp in inputs:
-        try:
-            found = list_images([inp], recursive=recursive)
-        except ImageReadError as e:
-            missing.append(error_row(str(inp), str(e)))
-            continue
-        if not found:
-            missing.append(error_row(str(inp), f"{inp}: no such file, or no images (.tif .tiff .png .jpg .jpeg)"))
-        paths.extend(found)
-    rows = predict_files(model, paths, out, options, csv_path=csv_path, progress=not quiet)
-    rows = missing + rows
-    csv_path = csv_path or out / "artseg_results.csv"
-    write_csv(csv_path, rows, CSV_COLUMNS)
-    failed = [r for r in rows if r["status"] != "ok"]
-    for r in failed:
+    try:
+        run = run_predict(model, paths, out, options, csv_path=csv_path, progress=not quiet)
+    except OutputFolderError as e:
+        _fail(str(e))
+    for r in run.failed:
         click.echo(f"artseg: error: {r['error']}", err=True)
-    ok = len(rows) - len(failed)
-    flagged = sum(1 for r in rows if r["status"] == "ok" and r["flagged"])
-    click.echo(f"{ok} image(s) done, {flagged} flagged, {len(failed)} failed; results: {csv_path}")
-    sys.exit(1 if failed else 0)
+    for msg in run.problems:
+        click.echo(f"artseg: error: {msg}", err=True)
+    ok = len(run.rows) - len(run.failed)
+    flagged = sum(1 for r in run.rows if r["status"] == "ok" and r["flagged"])
+    click.echo(f"{ok} image(s) done, {flagged} flagged, {len(run.failed)} failed; results: {run.csv_path}")
+    sys.exit(1 if run.failed or run.problems else 0)
 
 
 # --------------------------------------------------------------------------- evaluate

@@ -59,13 +59,14 @@ def main():
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Checkpoints; re-running with the same folder resumes an interrupted training.")
+@click.option("--restart", is_flag=True, help="Discard the checkpoints in --work-dir and train from scratch.")
 @click.option("--plane", type=int, default=None, help="Plane to read from multi-page TIFFs.")
 @click.option("--epochs", type=int, default=None, help="Override the classifier epochs of the profile.")
 @click.option("--unet-steps", type=int, default=None,
               help="U-Net training steps, exactly (default: the profile's, more for large training sets).")
 @click.option("-v", "--verbose", count=True)
 def train(images, labels, clean, artifact, masks, out, profile, cam_mode, edge_refine, val_fraction, seed, device,
-          work_dir, plane, epochs, unet_steps, verbose):
+          work_dir, restart, plane, epochs, unet_steps, verbose):
     """Train a model from image-level labels: IMAGES + labels.csv, or --clean DIR --artifact DIR."""
     from artseg_core.io.labels import LabelFileError
     from artseg_core.training.pipeline import train as train_fn
@@ -83,7 +84,7 @@ def train(images, labels, clean, artifact, masks, out, profile, cam_mode, edge_r
         model = train_fn(images, labels, clean=clean, artifact=artifact, masks=masks, profile=profile,
                          val_fraction=val_fraction, seed=seed, device=device, work_dir=work_dir, progress=True,
                          cam_mode=cam_mode, edge_refine=edge_refine, plane=plane, cls_epochs=epochs,
-                         unet_steps=unet_steps)
+                         unet_steps=unet_steps, restart=restart)
     except (LabelFileError, ValueError) as e:
         _fail(str(e))
     model.save(out)

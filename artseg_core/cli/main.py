@@ -172,8 +172,9 @@ def predict(inputs, model_path, out, csv_path, recursive, device, quiet, verbose
     Every input gets its own output name (the CSV's 'output' column); files inside OUT are never inputs. A rerun
     into OUT replaces the previous run's outputs; two runs cannot use one OUT at once.
 
-    Exit code 0 when every image succeeded, 1 when any failed (their CSV rows say why), 2 on usage errors (a
-    missing input, a bad model file, an output folder that is busy or cannot be written).
+    Exit code 0 when every image succeeded, 1 when any failed or an input is missing (their CSV rows say why), 2 on
+    usage errors (no input exists, as with 'artseg batch'; a bad model file; an output folder that is busy or
+    cannot be written).
     """
     from artseg_core.io.lock import OutputFolderError
     from artseg_core.predict.files import collect_inputs, run_predict
@@ -184,12 +185,12 @@ def predict(inputs, model_path, out, csv_path, recursive, device, quiet, verbose
         options = make_predict_options(**kw)
     except ValueError as e:
         _fail(str(e))
-    paths, problems = collect_inputs(inputs, recursive=recursive, exclude=out)
-    if problems:
-        _fail("; ".join(problems))
+    paths, missing = collect_inputs(inputs, recursive=recursive, exclude=out)
+    if not paths:
+        _fail("; ".join(msg for _, msg in missing))
     model = _load(model_path, device)
     try:
-        run = run_predict(model, paths, out, options, csv_path=csv_path, progress=not quiet)
+        run = run_predict(model, paths, out, options, csv_path=csv_path, progress=not quiet, failed_inputs=missing)
     except OutputFolderError as e:
         _fail(str(e))
     for r in run.failed:

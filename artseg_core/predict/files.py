@@ -180,7 +180,8 @@ def _is_under(p: Path, folder: Path) -> bool:
         return False
 
 
-def collect_inputs(inputs: Iterable, recursive: bool = False, exclude=None) -> tuple[list[Path], list[str]]:
+def collect_inputs(inputs: Iterable, recursive: bool = False, exclude=None
+                   ) -> tuple[list[Path], list[tuple[str, str]]]:
     """Expand ``artseg predict``'s INPUTS into image files.
 
     Parameters
@@ -196,8 +197,8 @@ def collect_inputs(inputs: Iterable, recursive: bool = False, exclude=None) -> t
     -------
     paths : list of Path
         The images, in input order, without duplicates.
-    problems : list of str
-        One message per input that is missing or holds no images (a usage error: nothing should run).
+    problems : list of (str, str)
+        ``(input, message)`` for each input that is missing or holds no images.
     """
     from artseg_core.io.images import IMAGE_SUFFIXES, list_images
 
@@ -209,15 +210,15 @@ def collect_inputs(inputs: Iterable, recursive: bool = False, exclude=None) -> t
         try:
             found = list_images([inp], recursive=recursive)
         except ImageReadError as e:
-            problems.append(str(e))
+            problems.append((str(inp), str(e)))
             continue
         if ex is not None:
             found = [f for f in found if not _is_under(f, ex)]
         if not found:
             if not Path(inp).exists() and not any(ch in str(inp) for ch in "*?["):
-                problems.append(f"{inp}: no such file or folder")
+                problems.append((str(inp), f"{inp}: no such file or folder"))
             else:
-                problems.append(f"{inp}: no images ({' '.join(IMAGE_SUFFIXES)})")
+                problems.append((str(inp), f"{inp}: no images ({' '.join(IMAGE_SUFFIXES)})"))
             continue
         for f in found:
             k = os.path.realpath(f)
@@ -275,7 +276,7 @@ def _replace_previous_run(out_dir: Path, planned: set[str], csv_name: str | None
 
 
 def run_predict(model, paths: Iterable, out_dir, options: PredictOptions | None = None, csv_path=None,
-                progress: bool = False) -> PredictRun:
+                progress: bool = False, failed_inputs: Iterable[tuple[str, str]] = ()) -> PredictRun:
     """Predict on many files into one output folder, holding its lock; write the results CSV after every image.
 
     Parameters
@@ -291,6 +292,8 @@ def run_predict(model, paths: Iterable, out_dir, options: PredictOptions | None 
         Default ``OUT/artseg_results.csv``.
     progress : bool
         Progress bar on stderr.
+    failed_inputs : iterable of (str, str)
+        Inputs that are missing or hold no images, with the message: listed first in the CSV as errors.
 
     Returns
     -------
@@ -318,7 +321,7 @@ def run_predict(model, paths: Iterable, out_dir, options: PredictOptions | None 
                                                                                     set()))}, indent=1) + "\n")
         except OSError as e:
             raise OutputFolderError(f"{out_dir}: cannot write to the output folder ({e.strerror or e})") from None
-        rows: list[dict] = []
+        rows: list[dict] = [error_row(str(inp), msg) for inp, msg in failed_inputs]
         it = zip(paths, names)
         if progress:
             from tqdm.auto import tqdm

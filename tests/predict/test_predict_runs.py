@@ -147,6 +147,8 @@ def test_read_only_output_and_missing_inputs_are_usage_errors(model_file, tmp_pa
     (tmp_path / "afile").write_text("x")  # an output folder that cannot be created (also as root)
     r = _artseg("predict", *ins, "-m", model_file, "-o", tmp_path / "afile" / "out", "--quiet")
     assert r.returncode == 2 and "cannot write to the output folder" in r.stderr and "Traceback" not in r.stderr
+    r = _artseg("predict", tmp_path / "nope", "-m", model_file, "-o", tmp_path / "o2", "--quiet")
+    assert r.returncode == 2 and "nope: no such file or folder" in r.stderr  # as `artseg batch` (was 1)
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o555)
@@ -158,8 +160,6 @@ def test_read_only_output_and_missing_inputs_are_usage_errors(model_file, tmp_pa
         assert "Traceback" not in r.stderr
     finally:
         ro.chmod(0o755)
-    r = _artseg("predict", tmp_path / "nope", "-m", model_file, "-o", tmp_path / "o2", "--quiet")
-    assert r.returncode == 2 and "nope: no such file or folder" in r.stderr  # as `artseg batch` (was 1)
 
 
 def test_full_output_folder_reports_every_image(model, tmp_path, monkeypatch):

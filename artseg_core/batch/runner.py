@@ -206,11 +206,12 @@ def _flag(option: str) -> str:
 
 
 def _changed_inputs(man: Manifest, done: dict[str, dict]) -> list[str]:
-    """Images recorded in the journal whose input file is now another file or has changed."""
+    """Images done before (status ok) whose input file is now another file or has changed. (A failed image is done
+    again anyway: fixing a broken file and rerunning is the intended way.)"""
     diffs = []
     for t in man.tasks:
         rec = done.get(t.key)
-        if rec is None:
+        if rec is None or rec.get("status") != "ok":
             continue
         was = (rec.get("row") or {}).get("path")
         if was and os.path.realpath(was) != t.path:
@@ -558,10 +559,10 @@ def _start(out: Path, plate, model_path: Path, man: Manifest, done: dict, opts: 
                                         ["path", "reason"])
     except OSError as e:
         raise BatchError(f"{out}: cannot write to the output folder ({e.strerror or e})") from None
-    for f, why in man.skipped[:20]:
-        logger.warning("skipped: %s: %s", f, why)
-    if len(man.skipped) > 20:
-        logger.warning("skipped: %d more (all listed in %s)", len(man.skipped) - 20, out / SKIPPED)
+    for f, why in man.skipped[:200]:  # the log has the reasons; the console has the count (summary.notes)
+        logger.info("skipped: %s: %s", f, why)
+    if len(man.skipped) > 200:
+        logger.info("skipped: %d more (all listed in %s)", len(man.skipped) - 200, out / SKIPPED)
     return settings, added
 
 

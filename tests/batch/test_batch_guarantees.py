@@ -249,3 +249,25 @@ def test_formula_cells_neutralised_in_results(tmp_path, model_file):
     with open(out / "wells.csv", newline="") as fh:
         assert all(r["plate"] == "'=HYPERLINK(1)" for r in csv.DictReader(fh))
     assert read_csv_rows(out / RESULTS)[0]["plate"] == "=HYPERLINK(1)"
+
+
+def test_warnings_reach_batch_log_without_source_lines(tmp_path, model_file, monkeypatch):
+    """15.11: warnings printed Python source lines and did not reach batch.log."""
+    import warnings
+
+    from artseg_core.batch import executors
+
+    real = executors.process_file
+
+    def warn_then_run(*a, **k):
+        warnings.warn("pixel size differs from the model's", UserWarning)
+        return real(*a, **k)
+
+    monkeypatch.setattr(executors, "process_file", warn_then_run)
+    plate = _plate(tmp_path / "A", 8, rows=1, cols=1, fields=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # whatever -W the tests run with
+        run_batch(plate, model_file, tmp_path / "out", progress=False, report=False)
+    log = (tmp_path / "out" / LOG).read_text()
+    assert "UserWarning: pixel size differs from the model's" in log
+    assert "warnings.warn(" not in log

@@ -484,8 +484,11 @@ def run_batch(plate, model_path, out_dir, *, workers: int = 1, scheduler: str | 
     out, model_path, opts = Path(out_dir), Path(model_path), options or PredictOptions()
     _check_arguments(out, model_path, workers, max_failures)
     if overwrite and (out / SETTINGS).is_file() and not dry_run:
-        with run_lock(out):
-            gone = _wipe_run(out)
+        try:
+            with run_lock(out):
+                gone = _wipe_run(out)
+        except (OutputFolderError, OSError) as e:
+            raise BatchError(f"--overwrite: {e}") from None
         logger.info("--overwrite: removed %s", ", ".join(gone))
     man, done, todo = plan_batch(plate, out, channel=channel, name_regex=name_regex, retry_failed=retry_failed,
                                  include_derived=include_derived, allow_duplicates=allow_duplicates)

@@ -271,3 +271,12 @@ def test_warnings_reach_batch_log_without_source_lines(tmp_path, model_file, mon
     log = (tmp_path / "out" / LOG).read_text()
     assert "UserWarning: pixel size differs from the model's" in log
     assert "warnings.warn(" not in log
+
+
+def test_unwritable_output_folder_is_one_clear_error(tmp_path, model_file):
+    """15.7: a read-only output folder gave a raw PermissionError traceback (.artseg.lock)."""
+    plate = _plate(tmp_path / "A", 9, rows=1, cols=1, fields=1)
+    (tmp_path / "afile").write_text("x")
+    r = subprocess.run(_cmd(plate, model_file, tmp_path / "afile" / "out"), env=_env(), capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 2 and "cannot write to the output folder" in r.stderr and "Traceback" not in r.stderr

@@ -14,57 +14,9 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["Journal", "read_journal", "run_lock", "FolderBusyError"]
+from artseg_core.io.lock import FolderBusyError, FolderNotWritableError, OutputFolderError, run_lock
 
-
-class FolderBusyError(RuntimeError):
-    """Another run holds the output folder's lock."""
-
-
-class run_lock:
-    """Exclusive lock on an output folder for the length of a run (``OUT/.artseg.lock``, ``flock``).
-
-    Two runs appending to one journal would interleave their lines; the second run fails at once instead. The
-    operating system drops the lock when the holder dies (also on ``kill -9``), so a stale lock cannot block a
-    rerun. Where ``fcntl`` is missing (Windows) the lock is a no-op.
-    """
-
-    def __init__(self, folder: str | os.PathLike):
-        self.path = Path(folder) / ".artseg.lock"
-        self._fh = None
-
-    def __enter__(self) -> "run_lock":
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-    def acquire(self) -> "run_lock":
-        """Take the lock or raise :class:`FolderBusyError` at once."""
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows
-            return self
-        self._fh = open(self.path, "a+")
-        try:
-            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self._fh.seek(0)
-            who = self._fh.read().strip()
-            self._fh.close()
-            self._fh = None
-            raise FolderBusyError(f"{self.path.parent} is in use by another run ({who or 'unknown process'}); "
-                                  f"wait for it to finish or use another output folder") from None
-        self._fh.seek(0)
-        self._fh.truncate()
-        self._fh.write(f"pid {os.getpid()} on {os.uname().nodename if hasattr(os, 'uname') else '?'}\n")
-        self._fh.flush()
-        return self
-
-    def release(self) -> None:
-        if self._fh is not None:
-            self._fh.close()  # closing releases the flock
-            self._fh = None
+__all__ = ["Journal", "read_journal", "run_lock", "FolderBusyError", "FolderNotWritableError", "OutputFolderError"]
 
 
 def _parse_lines(data: bytes, path: Path) -> tuple[list[dict], int]:

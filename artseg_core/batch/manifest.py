@@ -8,7 +8,16 @@ What a table does not say is parsed from the file names (:mod:`.platenames`).
 
 Only one channel is processed: the one named by ``channel`` (``--channel``); when there are several and none is
 named, a single channel whose name says brightfield ("Bright Field", "BF", "Phase" ...) is taken, otherwise the
-call fails and lists the channels found.
+call fails and lists the channels found. Files whose names carry no channel go with the chosen channel (a plain
+``B02_s1.tif`` is an image like ``A01_s1_w1.tif``); files of another channel are left out and listed in
+:attr:`Manifest.skipped` with the reason. A plain CSV manifest is processed as written (only an explicit
+``--channel`` leaves rows of other channels out).
+
+Nothing is left out silently: ImageXpress thumbnails, files a ``--name-regex`` does not match, files of other
+channels and files in folders that ArtSeg or its phantom generator wrote (``masks/``, ``nuclei_masks/``,
+``pseudo_masks/``, a plate run's or ``artseg predict``'s output folder; processed with ``include_derived``) are
+listed in :attr:`Manifest.skipped`. Two files for the same plate, well, field, channel, plane and time point are
+refused (``allow_duplicates`` processes both).
 """
 from __future__ import annotations
 
@@ -29,7 +38,12 @@ from artseg_core.batch.platenames import (
     well_name,
 )
 
-__all__ = ["ImageTask", "Manifest", "build_manifest", "ManifestError"]
+__all__ = ["ImageTask", "Manifest", "build_manifest", "ManifestError", "DERIVED_FOLDERS"]
+
+#: folder names that hold masks, not images to process (written by the phantom generator and ``artseg train``)
+DERIVED_FOLDERS = {"masks", "nuclei_masks", "pseudo_masks", "predictions"}
+#: files that mark a folder written by ArtSeg (a plate run, ``artseg predict``)
+_RUN_MARKERS = (("batch.json", "journal.jsonl"), (".artseg_predict.json",), ("artseg_results.csv",))
 
 
 class ManifestError(ValueError):
@@ -80,6 +94,8 @@ class Manifest:
     channels: list[str] = field(default_factory=list)
     channel: str | None = None
     notes: list[str] = field(default_factory=list)
+    #: files found but not processed, with the reason: ``(path, reason)``
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.tasks)
@@ -228,8 +244,29 @@ def _name_for(p: Path, root: Path | None, regex, row: dict | None, csv_path: Pat
     return nm
 
 
+def _derived_reason(f: Path, root: Path, cache: dict) -> str | None:
+    """Why ``f`` lies in a folder of masks or outputs (below ``root``), or None."""
+    try:
+        rel = f.resolve().relative_to(root.resolve())
+    except ValueError:
+        return None
+    d = root.resolve()
+    for part in rel.parts[:-1]:
+        d = d / part
+        if part.lower() in DERIVED_FOLDERS:
+            return f"in a {part!r} folder (masks, not images); process it with --include-derived"
+        hit = cache.get(d)
+        if hit is None:
+            hit = any(all((d / m).exists() for m in marks) for marks in _RUN_MARKERS)
+            cache[d] = hit
+        if hit:
+            return f"in an ArtSeg output folder ({d}); process it with --include-derived"
+    return None
+
+
 def build_manifest(source: str | os.PathLike, *, channel: str | None = None, name_regex: str | None = None,
-                   exclude: str | os.PathLike | None = None) -> Manifest:
+                   exclude: str | os.PathLike | None = None, include_derived: bool = False,
+                   allow_duplicates: bool = False) -> Manifest:
     """Turn a plate input into the ordered list of images to process.
 
     Parameters
@@ -243,16 +280,21 @@ def build_manifest(source: str | os.PathLike, *, channel: str | None = None, nam
         instead of the built-in naming conventions; for folders and globs, files it does not match are left out.
     exclude : path-like, optional
         A folder whose files are never inputs (the run's output folder when it lies inside the plate).
+    include_derived : bool
+        Also process files in folders of masks and ArtSeg outputs (found in a folder or glob).
+    allow_duplicates : bool
+        Process two files that name the same plate, well, field, channel, plane and time point (else refused).
 
     Returns
     -------
     Manifest
+        With :attr:`Manifest.skipped` listing every file found and left out, and why.
 
     Raises
     ------
     ManifestError
-        Missing input, unreadable or malformed CSV, no images, an unknown or ambiguous channel, a bad regex, or
-        two inputs that would write the same output files.
+        Missing input, unreadable or malformed CSV, no images, an unknown or ambiguous channel, a bad regex,
+        two inputs that would write the same output files, or two files for the same field and channel.
     """
     from artseg_core.io.images import IMAGE_SUFFIXES, list_images
 
@@ -268,6 +310,7 @@ def build_manifest(source: str | os.PathLike, *, channel: str | None = None, nam
             raise ManifestError(f"--name-regex {name_regex!r}: {e}") from None
 
     items: list[tuple[Path, ImageName]] = []
+    skipped: list[tuple[str, str]] = []
     chans_all: list[str] = []
     chosen: str | None = channel
     if p.is_file() and p.suffix.lower() == ".csv":
@@ -317,33 +360,53 @@ def build_manifest(source: str | os.PathLike, *, channel: str | None = None, nam
         if not files:
             raise ManifestError(f"{src}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
         unmatched = 0
+        marks: dict = {}
         for f in files:
+            why = None if include_derived else _derived_reason(f, root, marks)
+            if why is not None:
+                skipped.append((str(f), why))
+                continue
             try:
                 nm = parse_name(f, root=root, regex=regex)
             except ValueError as e:
                 raise ManifestError(f"{f}: {e}") from None
             if nm is None:
                 unmatched += 1
+                skipped.append((str(f), f"does not match --name-regex {name_regex!r}"))
                 continue
             if nm.skip:
+                skipped.append((str(f), "thumbnail (MetaXpress _thumb file)"))
                 continue
             items.append((f, nm))
         if unmatched:
             notes.append(f"{unmatched} file(s) do not match --name-regex and are left out")
         if not items:
-            raise ManifestError(f"{src}: no image matches the naming pattern "
-                                f"{name_regex!r}" if regex is not None else f"{src}: no images to process")
+            more = f" ({len(skipped)} file(s) left out: {skipped[0][1]} ...)" if skipped else ""
+            raise ManifestError((f"{src}: no image matches the naming pattern {name_regex!r}" if regex is not None
+                                 else f"{src}: no images to process") + more)
 
     if kind != "loaddata":
         chans_all = sorted({nm.channel for _, nm in items if nm.channel is not None}, key=_natural)
-        chosen = _choose_channel(chans_all, channel, src)
+        if kind == "csv" and channel is None:
+            chosen = None  # a table is processed as written
+        else:
+            chosen = _choose_channel(chans_all, channel, src)
         if chosen is not None:
-            sel = [(q, nm) for q, nm in items if channel_matches(nm, chosen)]
-            if not sel:
+            sel, other = [], []
+            for q, nm in items:
+                (sel if nm.channel is None or channel_matches(nm, chosen) else other).append((q, nm))
+            if not any(nm.channel is not None for _, nm in sel) and other:
                 raise ManifestError(f"{src}: no image has channel {chosen!r} (channels found: "
                                     f"{', '.join(chans_all) or 'none in the file names'})")
-            if len(sel) < len(items):
-                notes.append(f"channel {chosen}: {len(sel)} of {len(items)} images")
+            for q, nm in other:
+                skipped.append((str(q), f"channel {nm.channel} (processing channel {chosen})"))
+            if other:
+                notes.append(f"channel {chosen}: {len(sel)} of {len(items)} images; {len(other)} of other "
+                             f"channels left out")
+            no_chan = sum(1 for _, nm in sel if nm.channel is None)
+            if no_chan and len(chans_all):
+                notes.append(f"{no_chan} image(s) without a channel in the name are processed with channel "
+                             f"{chosen}")
             items = sel
     unparsed = sum(1 for _, nm in items if not nm.well)
     if unparsed:
@@ -367,6 +430,8 @@ def build_manifest(source: str | os.PathLike, *, channel: str | None = None, nam
     big = 10 ** 9
     rows_.sort(key=lambda t: (t[0].plate, _nz(t[0].row, big), _nz(t[0].col, big), _nz(t[0].field, big),
                               _nz(t[0].timepoint, big), _nz(t[0].plane, big), _natural(t[1])))
+    if not allow_duplicates:
+        _refuse_duplicates(rows_, root, chosen)
     tasks = []
     outs: dict[tuple[str, str], str] = {}
     for i, (nm, key, real) in enumerate(rows_):
@@ -379,8 +444,36 @@ def build_manifest(source: str | os.PathLike, *, channel: str | None = None, nam
                                 f"(same name {stem!r} in one folder); rename one or list only one")
         outs[(sub, stem)] = key
         tasks.append(ImageTask(index=i, key=key, path=real, out_subdir=sub, name=nm))
+    if skipped:
+        notes.append(f"{len(skipped)} file(s) left out (listed with the reason in skipped.csv)")
     return Manifest(tasks=tasks, root=str(root), source=src, kind=kind, channels=chans_all, channel=chosen,
-                    notes=notes)
+                    notes=notes, skipped=skipped)
+
+
+def _refuse_duplicates(rows_: list, root: Path, chosen: str | None) -> None:
+    """Two files for one plate position (plate, well, field, channel, plane, time point) would count it twice."""
+    from artseg_core.batch.platenames import _norm_channel
+
+    groups: dict[tuple, list[str]] = {}
+    for nm, key, _real in rows_:
+        if not nm.well:
+            continue  # no position known: nothing to compare
+        ch = nm.channel if nm.channel is not None else chosen
+        pos = (nm.plate, nm.well, nm.field, _norm_channel(ch) if ch is not None else None, nm.plane, nm.timepoint)
+        groups.setdefault(pos, []).append(key)
+    dups = [(pos, keys) for pos, keys in groups.items() if len(keys) > 1]
+    if not dups:
+        return
+    lines = []
+    for (plate, well, fld, ch, plane, tp), keys in dups[:5]:
+        where = f"plate {plate!r} well {well}" + (f" field {fld}" if fld is not None else "") + \
+            (f" channel {ch}" if ch is not None else "") + (f" plane {plane}" if plane is not None else "") + \
+            (f" time point {tp}" if tp is not None else "")
+        lines.append(f"{where}: {', '.join(keys)}")
+    more = f"; and {len(dups) - 5} more" if len(dups) > 5 else ""
+    raise ManifestError(f"{root}: {len(dups)} plate position(s) have more than one file, which would count them "
+                        f"twice - {'; '.join(lines)}{more}. Point PLATE at the image folder, use --channel or "
+                        f"--name-regex, or --allow-duplicates to process every file")
 
 
 def _nz(v, big):

@@ -1,24 +1,22 @@
 """The plate run's tables: one results row per image (from the journal) and one summary row per well."""
 from __future__ import annotations
 
-import csv
-import io as _stdio
 import math
 from pathlib import Path
 from typing import Iterable
 
 from artseg_core.batch.journal import read_journal
 from artseg_core.batch.layout import JOURNAL, RESULTS, WELLS
+from artseg_core.imgproc.quality import FLAG_KEYS
+from artseg_core.io.results import ENGINE_COLUMNS, LOCATION_COLUMNS, PLATE_COLUMNS, read_csv_rows
+from artseg_core.io.results import csv_text as _csv_text
 
-__all__ = ["RESULT_COLUMNS", "WELL_COLUMNS", "results_rows", "well_rows", "csv_text", "read_csv_rows", "truthy",
-           "as_float", "finalize"]
+__all__ = ["RESULT_COLUMNS", "ENGINE_COLUMNS", "LOCATION_COLUMNS", "WELL_COLUMNS", "results_rows", "well_rows",
+           "csv_text", "read_csv_rows", "truthy", "as_float", "finalize"]
 
-#: location columns first, then what the engine writes for every image (artseg_core.predict_files.CSV_COLUMNS)
-LOCATION_COLUMNS = ["image", "plate", "well", "row", "col", "field", "channel", "plane", "timepoint"]
-ENGINE_COLUMNS = ["p_artifact", "flagged", "segmented", "area_fraction", "n_objects", "focus", "illumination",
-                  "saturation", "defocus", "bad_illumination", "saturated", "status", "error"]
-RESULT_COLUMNS = LOCATION_COLUMNS + ENGINE_COLUMNS + ["mask", "path"]
-QC_FLAGS = ("defocus", "bad_illumination", "saturated")
+#: the columns of ``results.csv``: one schema for the whole project (:mod:`artseg_core.io.results`)
+RESULT_COLUMNS = PLATE_COLUMNS
+QC_FLAGS = tuple(FLAG_KEYS)
 WELL_COLUMNS = ["plate", "well", "row", "col", "fields", "ok", "failed", "flagged_fields", "flagged_fraction",
                 "mean_area_fraction", "max_area_fraction", "mean_p_artifact", "qc_flagged_fields",
                 *[f"{f}_fields" for f in QC_FLAGS]]
@@ -89,24 +87,9 @@ def well_rows(rows: list[dict]) -> list[dict]:
 
 
 def csv_text(rows: list[dict], columns: list[str]) -> str:
-    """Rows as CSV text with the given columns first and any extra keys after them."""
-    extra = []
-    for r in rows:
-        for k in r:
-            if k not in columns and k not in extra:
-                extra.append(k)
-    buf = _stdio.StringIO()
-    w = csv.DictWriter(buf, fieldnames=columns + extra, lineterminator="\n", restval="")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: ("" if v is None else v) for k, v in r.items()})
-    return buf.getvalue()
-
-
-def read_csv_rows(path: str | Path) -> list[dict]:
-    """Read a CSV written by :func:`csv_text` (all values as strings)."""
-    with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
+    """Rows as CSV text with the given columns first and any extra keys after them (formula cells neutralised,
+    :func:`artseg_core.io.results.csv_text`)."""
+    return _csv_text(rows, columns)
 
 
 def finalize(out_dir, manifest=None) -> tuple[list[dict], Path, Path]:

@@ -39,6 +39,12 @@ def register(group: click.Group, cli) -> None:
     @click.option("--report/--no-report", "make_report", default=True, show_default=True,
                   help="Write OUT/report.html at the end.")
     @click.option("--dry-run", is_flag=True, help="List what would run; write nothing.")
+    @click.option("--overwrite", is_flag=True,
+                  help="Start over in OUT: remove the earlier run's journal, tables, outputs and report first.")
+    @click.option("--include-derived", is_flag=True,
+                  help="Also process files in masks/, nuclei_masks/ and ArtSeg output folders inside PLATE.")
+    @click.option("--allow-duplicates", is_flag=True,
+                  help="Process two files for the same plate, well, field and channel (refused by default).")
     @predict_options
     @click.option("--pipeline", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
                   help="Run this CellProfiler pipeline over the plate instead (sharded by image sets).")
@@ -50,19 +56,23 @@ def register(group: click.Group, cli) -> None:
                   help="CellProfiler Default Input Folder for --pipeline (default: the plate folder).")
     @click.option("--cellprofiler", "cp_exe", default=None, help="CellProfiler executable (default: python -m "
                   "cellprofiler of this environment).")
-    @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True)
+    @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
     @click.option("--quiet", is_flag=True, help="No progress bar.")
     @click.option("-v", "--verbose", count=True)
     def batch(plate, model_path, out, workers, scheduler, dask_mode, channel, name_regex, max_failures, retry_failed,
-              make_report, dry_run, pipeline, plugins_directory, shards, input_dir, cp_exe, device, quiet, verbose,
-              **kw):
+              make_report, dry_run, overwrite, include_derived, allow_duplicates, pipeline, plugins_directory, shards,
+              input_dir, cp_exe, device, quiet, verbose, **kw):
         """Mask artifacts on a whole plate: PLATE is a folder (searched recursively), a glob, or a CSV manifest
         (a 'path' column, or a CellProfiler LoadData table).
 
         Writes per image what 'artseg predict' writes (under OUT/outputs/), OUT/results.csv (one row per image with
-        plate, well, field), OUT/wells.csv, OUT/batch.log and OUT/report.html. Interrupted runs resume: rerun the
-        same command. Exit code 0 all images fine, 1 some failed, 2 usage error, 3 stopped by --max-failures,
-        130 interrupted.
+        plate, well, field), OUT/wells.csv, OUT/skipped.csv (files left out, and why), OUT/batch.log and
+        OUT/report.html. Interrupted runs resume: rerun the same command. A run into an OUT made from other input
+        files, another model or other analysis options is refused (--overwrite starts over); output options
+        (--prob, --roi, --cleaned ...) can be added to a finished run.
+
+        Exit code 0 all images fine, 1 some failed, 2 usage error (nothing run), 3 stopped by --max-failures,
+        4 stopped because worker processes kept dying, 130 interrupted (Ctrl-C), 143 stopped by SIGTERM.
         """
         from artseg_core.io.modelfile import ModelFileError
         from artseg_core.batch.cpshard import CellProfilerError
@@ -70,6 +80,7 @@ def register(group: click.Group, cli) -> None:
         from artseg_core.batch.runner import BatchError
 
         _setup_logging(verbose)
+        cli._warnings_to_log()
         try:
             if pipeline is not None:
                 from artseg_core.batch.cpshard import run_pipeline_sharded
@@ -88,11 +99,13 @@ def register(group: click.Group, cli) -> None:
             s = run_batch(plate, model_path, out, workers=workers, scheduler=scheduler, dask_local=dask_mode == "local",
                           options=options, channel=channel, name_regex=name_regex, max_failures=max_failures,
                           dry_run=dry_run, progress=not quiet, retry_failed=retry_failed, report=make_report,
-                          device=device, echo=click.echo)
-        except KeyboardInterrupt:
-            click.echo("artseg: interrupted; finished images are recorded - rerun the same command to continue",
-                       err=True)
-            sys.exit(130)
+                          device=device, overwrite=overwrite, include_derived=include_derived,
+                          allow_duplicates=allow_duplicates, echo=click.echo)
+        except KeyboardInterrupt as e:
+            signum = getattr(e, "signum", 2)
+            click.echo("artseg: interrupted" + (" (SIGTERM)" if signum == 15 else "")
+                       + "; finished images are recorded - rerun the same command to continue", err=True)
+            sys.exit(128 + signum)
         except (ManifestError, BatchError, ModelFileError, CellProfilerError, ValueError) as e:
             _fail(str(e))
         for note in s.notes:

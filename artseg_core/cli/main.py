@@ -59,13 +59,14 @@ def main():
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Checkpoints; re-running with the same folder resumes an interrupted training.")
+@click.option("--restart", is_flag=True, help="Discard the checkpoints in --work-dir and train from scratch.")
 @click.option("--plane", type=int, default=None, help="Plane to read from multi-page TIFFs.")
 @click.option("--epochs", type=int, default=None, help="Override the classifier epochs of the profile.")
 @click.option("--unet-steps", type=int, default=None,
               help="U-Net training steps, exactly (default: the profile's, more for large training sets).")
 @click.option("-v", "--verbose", count=True)
 def train(images, labels, clean, artifact, masks, out, profile, cam_mode, edge_refine, val_fraction, seed, device,
-          work_dir, plane, epochs, unet_steps, verbose):
+          work_dir, restart, plane, epochs, unet_steps, verbose):
     """Train a model from image-level labels: IMAGES + labels.csv, or --clean DIR --artifact DIR."""
     from artseg_core.io.labels import LabelFileError
     from artseg_core.training.pipeline import train as train_fn
@@ -83,7 +84,7 @@ def train(images, labels, clean, artifact, masks, out, profile, cam_mode, edge_r
         model = train_fn(images, labels, clean=clean, artifact=artifact, masks=masks, profile=profile,
                          val_fraction=val_fraction, seed=seed, device=device, work_dir=work_dir, progress=True,
                          cam_mode=cam_mode, edge_refine=edge_refine, plane=plane, cls_epochs=epochs,
-                         unet_steps=unet_steps)
+                         unet_steps=unet_steps, restart=restart)
     except (LabelFileError, ValueError) as e:
         _fail(str(e))
     model.save(out)
@@ -141,6 +142,18 @@ def _load(model_path, device):
         _fail(str(e))
 
 
+def _warnings_to_log() -> None:
+    """Python warnings become one log line ("artseg.warnings": category and message, no source lines), so that
+    they reach the run's log file too."""
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        logging.getLogger("artseg.warnings").warning("%s: %s (%s:%s)", category.__name__, message,
+                                                     Path(filename).name, lineno)
+
+    warnings.showwarning = show
+
+
 @main.command()
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-m", "--model", "model_path", required=True, type=click.Path(path_type=Path), help="Model file.")
@@ -156,38 +169,38 @@ def _load(model_path, device):
 def predict(inputs, model_path, out, csv_path, recursive, device, quiet, verbose, **kw):
     """Mask artifacts in INPUTS (files, folders or globs; TIFF, PNG, JPEG).
 
-    Exit code 0 when every image succeeded, 1 when any failed (their CSV rows say why), 2 on usage errors.
+    Every input gets its own output name (the CSV's 'output' column); files inside OUT are never inputs. A rerun
+    into OUT replaces the previous run's outputs; two runs cannot use one OUT at once.
+
+    Exit code 0 when every image succeeded, 1 when any failed or an input is missing (their CSV rows say why), 2 on
+    usage errors (no input exists, as with 'artseg batch'; a bad model file; an output folder that is busy or
+    cannot be written).
     """
-    from artseg_core.io.images import ImageReadError, list_images
-    from artseg_core.predict.files import error_row, predict_files, write_csv, CSV_COLUMNS
+    from artseg_core.io.lock import OutputFolderError
+    from artseg_core.predict.files import collect_inputs, run_predict
 
     _setup_logging(verbose)
+    _warnings_to_log()
     try:
         options = make_predict_options(**kw)
     except ValueError as e:
         _fail(str(e))
+    paths, missing = collect_inputs(inputs, recursive=recursive, exclude=out)
+    if not paths:
+        _fail("; ".join(msg for _, msg in missing))
     model = _load(model_path, device)
-    paths, missing = [], []
-    for inp in inputs:
-        try:
-            found = list_images([inp], recursive=recursive)
-        except ImageReadError as e:
-            missing.append(error_row(str(inp), str(e)))
-            continue
-        if not found:
-            missing.append(error_row(str(inp), f"{inp}: no such file, or no images (.tif .tiff .png .jpg .jpeg)"))
-        paths.extend(found)
-    rows = predict_files(model, paths, out, options, csv_path=csv_path, progress=not quiet)
-    rows = missing + rows
-    csv_path = csv_path or out / "artseg_results.csv"
-    write_csv(csv_path, rows, CSV_COLUMNS)
-    failed = [r for r in rows if r["status"] != "ok"]
-    for r in failed:
+    try:
+        run = run_predict(model, paths, out, options, csv_path=csv_path, progress=not quiet, failed_inputs=missing)
+    except OutputFolderError as e:
+        _fail(str(e))
+    for r in run.failed:
         click.echo(f"artseg: error: {r['error']}", err=True)
-    ok = len(rows) - len(failed)
-    flagged = sum(1 for r in rows if r["status"] == "ok" and r["flagged"])
-    click.echo(f"{ok} image(s) done, {flagged} flagged, {len(failed)} failed; results: {csv_path}")
-    sys.exit(1 if failed else 0)
+    for msg in run.problems:
+        click.echo(f"artseg: error: {msg}", err=True)
+    ok = len(run.rows) - len(run.failed)
+    flagged = sum(1 for r in run.rows if r["status"] == "ok" and r["flagged"])
+    click.echo(f"{ok} image(s) done, {flagged} flagged, {len(run.failed)} failed; results: {run.csv_path}")
+    sys.exit(1 if run.failed or run.problems else 0)
 
 
 # --------------------------------------------------------------------------- evaluate

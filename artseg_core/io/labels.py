@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import csv
+import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from artseg_core.io.images import list_images
 
+_WORD = {0: "clean", 1: "artifact"}
 CLEAN_WORDS = {"clean", "0", "no", "false", "ok", "good"}
 ARTIFACT_WORDS = {"artifact", "artefact", "1", "yes", "true", "has artifact", "has_artifact", "bad"}
 
@@ -34,13 +37,16 @@ def parse_label(value: str) -> int:
 def read_labels_csv(csv_path, images_dir=None, check_files: bool = True) -> list[tuple[Path, int]]:
     """Read ``image,label`` rows; image paths are relative to ``images_dir`` (default: the CSV's folder).
 
-    With ``check_files`` every listed image must exist (a missing one is an error naming the CSV line).
+    With ``check_files`` every listed image must exist (a missing one is an error naming the CSV line). An image
+    listed twice with the same label counts once (a warning names the lines); with two different labels it is an
+    error naming both lines.
     """
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise LabelFileError(f"{csv_path}: labels file not found")
     base = Path(images_dir) if images_dir is not None else csv_path.parent
     out = []
+    seen: dict[str, tuple[int, int]] = {}
     with open(csv_path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         cols = {c.strip().lower(): c for c in (reader.fieldnames or [])}
@@ -56,9 +62,20 @@ def read_labels_csv(csv_path, images_dir=None, check_files: bool = True) -> list
             if check_files and not p.is_file():
                 raise LabelFileError(f"{csv_path}, line {n}: image {name!r} not found (looked for {p})")
             try:
-                out.append((p, parse_label(row[cols["label"]])))
+                label = parse_label(row[cols["label"]])
             except ValueError as e:
                 raise LabelFileError(f"{csv_path}, line {n}: {e}") from None
+            key = os.path.normcase(os.path.realpath(p))
+            if key in seen:
+                first, old = seen[key]
+                if old != label:
+                    raise LabelFileError(f"{csv_path}, lines {first} and {n}: image {name!r} is labelled both "
+                                         f"{_WORD[old]} and {_WORD[label]}; keep one row")
+                logging.getLogger("artseg.train").warning("%s, line %d: image %r is listed again (as on line %d); "
+                                                          "counted once", csv_path, n, name, first)
+                continue
+            seen[key] = (n, label)
+            out.append((p, label))
     if not out:
         raise LabelFileError(f"{csv_path}: no labelled images")
     return out

@@ -7,7 +7,9 @@ Layout of ``model.artseg``::
     weights.npz     every tensor of both networks as plain numpy arrays ("classifier.<key>", "unet.<key>")
 
 Opening a file never unpickles anything (``numpy.load(allow_pickle=False)``, ``json``), so files from others are
-safe to open. Every problem raises :class:`ModelFileError` naming the file and the problem.
+safe to open: the number of members and the unpacked size of each are checked against caps before anything is
+read (a small file cannot make the reader allocate gigabytes), and thresholds must be numbers. Every problem
+raises :class:`ModelFileError` naming the file and the problem.
 """
 from __future__ import annotations
 
@@ -26,6 +28,12 @@ FORMAT_NAME = "artseg-model"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.npz"
+#: caps checked before reading: members in the zip, unpacked bytes of the manifest and of the weights
+MAX_MEMBERS = 16
+MAX_MANIFEST_BYTES = 16 << 20
+MAX_WEIGHTS_BYTES = 8 << 30
+#: unpacked / packed size above which a member is refused (ArtSeg stores members uncompressed: ratio 1)
+MAX_RATIO = 20
 
 
 class ModelFileError(ValueError):
@@ -86,9 +94,17 @@ def load_model_file(path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         raise ModelFileError(path, "model file is empty")
     try:
         with zipfile.ZipFile(path) as zf:
-            names = set(zf.namelist())
+            infos = zf.infolist()
+            if len(infos) > MAX_MEMBERS:
+                raise ModelFileError(path, f"not an ArtSeg model file ({len(infos)} members; a model has 2)")
+            names = {i.filename for i in infos}
             if MANIFEST not in names:
+                if _starts_with_manifest(path):
+                    raise ModelFileError(path, "truncated or corrupt model file (its end is missing: copy or "
+                                               "download it again)")
                 raise ModelFileError(path, "not an ArtSeg model file (no manifest.json inside)")
+            for info in infos:
+                _check_size(path, info)
             try:
                 manifest = json.loads(zf.read(MANIFEST).decode("utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -110,6 +126,7 @@ def load_model_file(path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     except (zipfile.BadZipFile, EOFError, OSError, zipfile.LargeZipFile) as e:
         problem = "truncated or corrupt model file" if path.stat().st_size > 22 else "not a model file"
         raise ModelFileError(path, f"{problem} ({e})") from None
+    _check_thresholds(path, manifest)
     if hashlib.sha256(weights).hexdigest() != manifest.get("weights_sha256"):
         raise ModelFileError(path, "corrupt model file (weights checksum mismatch)")
     try:
@@ -118,6 +135,41 @@ def load_model_file(path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     except (ValueError, OSError, zipfile.BadZipFile) as e:
         raise ModelFileError(path, f"corrupt weights ({e})") from None
     return manifest, arrays
+
+
+def _starts_with_manifest(path: Path) -> bool:
+    """Whether the file begins with the local header of ``manifest.json`` (as every ArtSeg model file does)."""
+    with open(path, "rb") as fh:
+        head = fh.read(30 + len(MANIFEST))
+    return head[:4] == b"PK\x03\x04" and head[30:30 + len(MANIFEST)] == MANIFEST.encode()
+
+
+def _check_size(path: Path, info: zipfile.ZipInfo) -> None:
+    """Refuse a member whose unpacked size is beyond the caps, before it is read."""
+    cap = MAX_MANIFEST_BYTES if info.filename == MANIFEST else MAX_WEIGHTS_BYTES
+    if info.file_size > cap:
+        raise ModelFileError(path, f"not an ArtSeg model file ({info.filename} unpacks to {info.file_size} bytes, "
+                                   f"more than the {cap} allowed)")
+    if info.file_size > MAX_RATIO * max(info.compress_size, 1) + (1 << 20):
+        raise ModelFileError(path, f"not an ArtSeg model file ({info.filename} unpacks {info.compress_size} bytes "
+                                   f"to {info.file_size}: a zip bomb?)")
+
+
+def _check_thresholds(path: Path, manifest: dict) -> None:
+    """Thresholds must be finite numbers (a text or a list would fail on every image)."""
+    import math
+
+    for key in ("thresholds", "quality_thresholds"):
+        d = manifest.get(key)
+        if d is None:
+            continue
+        if not isinstance(d, dict):
+            raise ModelFileError(path, f"corrupt manifest ({key} is not a table of numbers)")
+        for name, v in d.items():
+            if key == "quality_thresholds" and not name.endswith(("_min", "_max")):
+                continue  # method, k, n_images: descriptions
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ModelFileError(path, f"corrupt manifest ({key}.{name} is {v!r}, not a number)")
 
 
 def state_dict_to_arrays(prefix: str, state_dict) -> dict[str, np.ndarray]:

@@ -24,6 +24,7 @@ from artseg_core.evaluation.metrics import image_metrics, pixel_metrics
 from artseg_core.predict.model import DEFAULT_THRESHOLDS, ArtifactModel, resolve_device
 from artseg_core.nets.profiles import get_profile, unet_training_steps
 from artseg_core.imgproc.quality import fit_quality_thresholds, quality_scores
+from artseg_core.training.checkpoint import check_work_dir
 
 log = logging.getLogger("artseg.train")
 
@@ -72,7 +73,7 @@ def best_classifier_threshold(y: np.ndarray, p: np.ndarray) -> float:
 def train(images=None, labels=None, *, clean=None, artifact=None, masks=None, profile="fast",
           val_fraction: float = 0.2, seed: int = 0, device: str = "auto", work_dir=None, progress: bool = True,
           cam_mode: str | None = None, edge_refine: bool | None = None, use_masks_for_training: bool = True,
-          plane: int | None = None, **overrides) -> ArtifactModel:
+          plane: int | None = None, restart: bool = False, **overrides) -> ArtifactModel:
     """Train an artifact model from image-level labels.
 
     Parameters
@@ -93,7 +94,10 @@ def train(images=None, labels=None, *, clean=None, artifact=None, masks=None, pr
     cam_mode, edge_refine
         Override the profile's Score-CAM mode (exact|paper|fast) and edge refinement switch.
     work_dir : path, optional
-        Checkpoints go here; training started again with the same work_dir resumes.
+        Checkpoints go here; training started again with the same work_dir resumes - with the same images and
+        configuration only (else :class:`~artseg_core.training.checkpoint.CheckpointError` says what differs).
+    restart : bool
+        Discard the checkpoints in ``work_dir`` and train from scratch.
 
     Returns
     -------
@@ -124,6 +128,8 @@ def train(images=None, labels=None, *, clean=None, artifact=None, masks=None, pr
     work.mkdir(parents=True, exist_ok=True)
 
     samples = load_labeled_set(images, labels, clean=clean, artifact=artifact, masks=masks)
+    check_work_dir(work, samples, {"profile": prof.to_dict(), "seed": seed, "val_fraction": val_fraction,
+                                   "plane": plane, "use_masks_for_training": use_masks_for_training}, restart=restart)
     # ---- read and normalise every image once; QC scores from the raw pixels
     imgs, kept, qscores, skipped = [], [], [], []
     it = samples

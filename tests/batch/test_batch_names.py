@@ -131,8 +131,10 @@ def test_same_names_in_two_folders_get_separate_output_folders(tmp_path):
     assert {t.name.plate for t in man.tasks} == {"run1", "run2"}
     _img(tmp_path / "q" / "A01_s1_w1.tif")
     (tmp_path / "q" / "A01_s1_w1.png").write_bytes((tmp_path / "q" / "A01_s1_w1.tif").read_bytes())
-    with pytest.raises(ManifestError, match="same output files"):
+    with pytest.raises(ManifestError, match="more than one file.*A01_s1_w1.png, A01_s1_w1.tif"):
         build_manifest(tmp_path / "q")
+    with pytest.raises(ManifestError, match="same output files"):
+        build_manifest(tmp_path / "q", allow_duplicates=True)
 
 
 def test_csv_manifest_plain_with_metadata_override(tmp_path):
@@ -186,3 +188,51 @@ def test_bad_inputs(tmp_path):
         build_manifest(tmp_path / "empty")
     with pytest.raises(ManifestError, match="name-regex"):
         build_manifest(tmp_path, name_regex="(?P<well")
+
+
+def test_files_without_a_channel_go_with_the_chosen_one_and_nothing_is_dropped_silently(tmp_path):
+    """Issue 15.3: one `_w1` file used to make every file without a channel disappear (1 of 3 processed)."""
+    p = tmp_path / "mixed"
+    _img(p / "A01_s1_w1.tif")
+    _img(p / "B02_s1.tif", 1)
+    _img(p / "sample.tif", 2)
+    _img(p / "A01_s1_w2.tif", 3)
+    man = build_manifest(p, channel="1")
+    assert sorted(Path(t.path).name for t in man.tasks) == ["A01_s1_w1.tif", "B02_s1.tif", "sample.tif"]
+    assert [(Path(f).name, why) for f, why in man.skipped] == [("A01_s1_w2.tif", "channel 2 (processing channel 1)")]
+    # broken files next to two channel files: all reach the run (and fail there, reported)
+    q = tmp_path / "broken"
+    _img(q / "A01_s1_w1.tif")
+    _img(q / "A02_s1_w1.tif", 1)
+    (q / "junk1.tif").write_bytes(b"not a tiff")
+    (q / "junk2.tif").write_bytes(b"")
+    assert len(build_manifest(q)) == 4
+    # a CSV manifest is processed as written, channels or not
+    csv = tmp_path / "list.csv"
+    csv.write_text("path\n" + "\n".join(str(p / n) for n in ("A01_s1_w1.tif", "B02_s1.tif", "A01_s1_w2.tif")) + "\n")
+    assert len(build_manifest(csv)) == 3
+    man = build_manifest(csv, channel="w1")
+    assert len(man) == 2 and len(man.skipped) == 1
+
+
+def test_mask_folders_skipped_and_duplicate_positions_refused(tmp_path):
+    """Issue 16.2: a phantom plate root (images/, masks/, nuclei_masks/) listed every field three times."""
+    from artseg_core.data import phantoms
+
+    phantoms.make_plate(tmp_path / "pl", rows=1, cols=2, fields=2, prevalence=0.5, seed=1, shape=(64, 64))
+    man = build_manifest(tmp_path / "pl", channel="1")
+    assert len(man) == 4 and all(t.key.startswith("images/") for t in man.tasks)
+    reasons = {Path(f).parent.name: why for f, why in man.skipped}
+    assert set(reasons) == {"masks", "nuclei_masks", "nuclei"}
+    assert "--include-derived" in reasons["masks"] and "channel 2" in reasons["nuclei"]
+    with pytest.raises(ManifestError, match=r"4 plate position\(s\) have more than one file.*masks/"):
+        build_manifest(tmp_path / "pl", channel="1", include_derived=True)
+    assert len(build_manifest(tmp_path / "pl", channel="1", include_derived=True, allow_duplicates=True)) == 12
+    # a plate run's output folder inside the plate is never read back
+    out = tmp_path / "pl" / "images" / "run"
+    out.mkdir()
+    (out / "batch.json").write_text("{}")
+    (out / "journal.jsonl").write_text("")
+    _img(out / "outputs" / "P1_A01_s1_w1_mask.tif")
+    man = build_manifest(tmp_path / "pl" / "images")
+    assert len(man) == 4 and any("ArtSeg output folder" in why for _, why in man.skipped)

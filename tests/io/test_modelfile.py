@@ -99,3 +99,42 @@ def test_no_pickle_is_ever_loaded(tmp_path):
         zf.writestr("weights.npz", weights)
     with pytest.raises(ModelFileError, match="corrupt weights"):
         load_model_file(bad)
+
+
+def test_model_truncated_by_100_bytes_is_called_truncated(tmp_path):
+    """Issue 15.11: the inner weights.npz's zip directory made it look like "not an ArtSeg model file"."""
+    p, _ = _write(tmp_path)
+    bad = tmp_path / "cut.artseg"
+    bad.write_bytes(p.read_bytes()[:-100])
+    with pytest.raises(ModelFileError, match="truncated or corrupt model file"):
+        load_model_file(bad)
+
+
+def test_inflated_manifest_and_too_many_members_are_refused_before_reading(tmp_path):
+    """Issue 15.9: a 3 MB file whose manifest unpacks to 300 MB was read whole (656 MB peak for `artseg info`)."""
+    import resource
+
+    bomb = tmp_path / "bomb.artseg"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("manifest.json", b'{"format": "artseg-model", "x": "' + b" " * (300 << 20) + b'"}')
+        zf.writestr("weights.npz", b"")
+    assert bomb.stat().st_size < 2 << 20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ModelFileError, match="unpacks to"):
+        load_model_file(bomb)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 100 << 10  # kB: < 100 MB more
+    many = tmp_path / "many.artseg"
+    with zipfile.ZipFile(many, "w") as zf:
+        for i in range(100):
+            zf.writestr(f"m{i}.json", "{}")
+    with pytest.raises(ModelFileError, match="100 members"):
+        load_model_file(many)
+
+
+def test_non_numeric_threshold_is_a_model_file_error(tmp_path):
+    """Issue 15.11: a text threshold failed on every image with a TypeError."""
+    p, _ = _write(tmp_path, thresholds={"unet": "high"})
+    with pytest.raises(ModelFileError, match=r"thresholds.unet is 'high', not a number"):
+        load_model_file(p)
+    p, _ = _write(tmp_path, thresholds={"unet": 0.5}, quality_thresholds={"focus_min": 1.0, "method": "mad"})
+    assert load_model_file(p)[0]["quality_thresholds"]["method"] == "mad"

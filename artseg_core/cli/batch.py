@@ -39,6 +39,10 @@ def register(group: click.Group, cli) -> None:
     @click.option("--report/--no-report", "make_report", default=True, show_default=True,
                   help="Write OUT/report.html at the end.")
     @click.option("--dry-run", is_flag=True, help="List what would run; write nothing.")
+    @click.option("--loaddata", "loaddata", default=None, is_flag=False, flag_value="auto", metavar="[NAME=CH,...]",
+                  help="Also write OUT/loaddata.csv for CellProfiler's LoadData: every channel of each field plus "
+                       "its mask (image ArtifactMask). Name the channels, e.g. Brightfield=1,Nuclei=2 (default: "
+                       "Brightfield for the processed channel, Channel<id> for the others).")
     @predict_options
     @click.option("--pipeline", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
                   help="Run this CellProfiler pipeline over the plate instead (sharded by image sets).")
@@ -54,8 +58,8 @@ def register(group: click.Group, cli) -> None:
     @click.option("--quiet", is_flag=True, help="No progress bar.")
     @click.option("-v", "--verbose", count=True)
     def batch(plate, model_path, out, workers, scheduler, dask_mode, channel, name_regex, max_failures, retry_failed,
-              make_report, dry_run, pipeline, plugins_directory, shards, input_dir, cp_exe, device, quiet, verbose,
-              **kw):
+              make_report, dry_run, loaddata, pipeline, plugins_directory, shards, input_dir, cp_exe, device, quiet,
+              verbose, **kw):
         """Mask artifacts on a whole plate: PLATE is a folder (searched recursively), a glob, or a CSV manifest
         (a 'path' column, or a CellProfiler LoadData table).
 
@@ -70,6 +74,12 @@ def register(group: click.Group, cli) -> None:
         from artseg_core.batch.runner import BatchError
 
         _setup_logging(verbose)
+        from artseg_core.batch.loaddata import parse_channel_names, write_loaddata
+
+        try:
+            ld_names = parse_channel_names(loaddata)
+        except ValueError as e:
+            _fail(str(e))
         try:
             if pipeline is not None:
                 from artseg_core.batch.cpshard import run_pipeline_sharded
@@ -100,6 +110,14 @@ def register(group: click.Group, cli) -> None:
         click.echo(s.line())
         if s.report is not None:
             click.echo(f"report: {s.report}")
+        if loaddata is not None and not dry_run and s.exit_code in (0, 1):
+            try:
+                t = write_loaddata(out, plate, channel=channel, name_regex=name_regex, names=ld_names)
+            except (ManifestError, ValueError, FileNotFoundError) as e:
+                _fail(str(e))
+            click.echo(f"loaddata: {t.path} ({t.rows} fields; images {', '.join(t.names)})")
+            for note in t.left_out:
+                click.echo(f"note: left out of loaddata.csv: {note}", err=True)
         sys.exit(s.exit_code)
 
 

@@ -45,11 +45,17 @@ def resolve_device(device: str = "auto") -> str:
 
 @dataclass
 class Result:
-    """What :meth:`ArtifactModel.predict` returns for one image."""
+    """What :meth:`ArtifactModel.predict` returns for one image.
+
+    One answer per image: ``flagged`` is True for every image whose ``mask`` is non-empty, so filtering on
+    ``flagged`` (CSV column ``flagged``, CellProfiler ``MaskArtifacts_Flagged``) never keeps an image that carries
+    an artifact mask, and an image reported clean always has an empty mask. A flagged image may still have an
+    empty mask (the classifier found an artifact, the U-Net no region above the minimum size).
+    """
 
     p_artifact: float
-    flagged: bool
-    segmented: bool                     # False when the classifier gate skipped the U-Net
+    flagged: bool                       # True whenever the mask is non-empty (one answer per image)
+    segmented: bool                     # False when the classifier judged the image clean and the U-Net was skipped
     prob: np.ndarray | None             # float32 HxW, or None when gated out
     mask: np.ndarray                    # bool HxW
     labels: np.ndarray                  # int32 HxW, connected components of mask
@@ -176,7 +182,13 @@ class ArtifactModel:
         image : ndarray (H, W)
             Raw image of any numeric dtype and size; it is normalised here (percentiles).
         gate : bool
-            Skip the U-Net when the classifier is confidently clean (p_artifact < the calibrated gate).
+            True (default): the classifier decides. An image whose ``p_artifact`` is below the calibrated
+            classifier threshold is clean: the U-Net is skipped and the mask is empty. Only flagged images are
+            segmented. False: every image is segmented, and an image is flagged when the classifier flags it
+            or its mask is non-empty. Either way a non-empty mask implies ``flagged``.
+
+            Up to ArtSeg 0.2.0 the U-Net ran above the lower calibrated ``gate`` threshold, so unflagged images
+            could carry a mask; that threshold is still stored in the model file but no longer used here.
         threshold : float, optional
             U-Net probability threshold; None = calibrated value.
         min_size : int, optional
@@ -200,7 +212,7 @@ class ArtifactModel:
         flagged = p >= self.thresholds["classifier"]
         quality = quality_scores(image)
         quality.update(quality_flags(quality, self.quality_thresholds))
-        run_unet = (not gate) or p >= self.thresholds["gate"]
+        run_unet = (not gate) or flagged
         thr = self.thresholds["unet"] if threshold is None else float(threshold)
         if min_size_um is not None:
             ms = min_size_pixels(min_size_um2=min_size_um, pixel_size=pixel_size)
@@ -212,6 +224,7 @@ class ArtifactModel:
         else:
             prob = None
             mask = np.zeros(image.shape, bool)
+        flagged = bool(flagged) or bool(mask.any())  # one answer per image: a mask is never left unflagged
         labels = label_objects(mask)
         objects = object_table(labels, prob=prob, pixel_size=pixel_size)
         cleaned = fill_artifacts(image, mask, method=fill, seed=seed) if fill else None

@@ -76,11 +76,31 @@ def test_gate_skips_unet_on_confidently_clean(model):
     f = phantoms.make_field((256, 256), seed=9, artifacts=[])
     old = dict(model.thresholds)
     try:
-        model.thresholds["gate"] = 1.01  # every image is "confidently clean"
+        model.thresholds["classifier"] = 1.01  # the classifier calls every image clean
         r = model.predict(f.image, gate=True)
-        assert r.segmented is False and r.prob is None and not r.mask.any()
+        assert r.segmented is False and r.prob is None and not r.mask.any() and not r.flagged
         r2 = model.predict(f.image, gate=False)
         assert r2.segmented is True and r2.prob is not None
+    finally:
+        model.thresholds.update(old)
+
+
+def test_one_answer_per_image(model):
+    """The flag and the mask agree: with the classifier deciding (gate on) an unflagged image has an empty mask,
+    even when the U-Net would find something (the old lower 'gate' threshold let such masks through); with every
+    image segmented (gate off) a non-empty mask flags the image."""
+    f = phantoms.make_field((256, 256), seed=3, artifacts=["bubble", "debris"])
+    old = dict(model.thresholds)
+    try:
+        model.thresholds.update(classifier=1.01, gate=0.0, unet=0.01, min_size=1)  # U-Net finds "artifacts"
+        assert model.predict(f.image, gate=False).mask.any()
+        r = model.predict(f.image, gate=True)
+        assert not r.flagged and not r.mask.any() and r.n_objects == 0 and r.area_fraction == 0.0
+        r2 = model.predict(f.image, gate=False)
+        assert r2.flagged and r2.mask.any() and r2.row()["flagged"] is True
+        model.thresholds.update(classifier=0.0)  # every image flagged: the U-Net runs and keeps its mask
+        r3 = model.predict(f.image, gate=True)
+        assert r3.flagged and r3.segmented and np.array_equal(r3.mask, r2.mask)
     finally:
         model.thresholds.update(old)
 

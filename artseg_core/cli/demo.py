@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import html
 import json
+import shlex
+import shutil
 import time
 from pathlib import Path
 
@@ -25,6 +27,62 @@ def _composite(image: np.ndarray, pred: np.ndarray, truth: np.ndarray) -> np.nda
     tb = find_boundaries(truth > 0, mode="outer")
     rgb[tb] = (40, 220, 40)
     return rgb
+
+
+#: the source checkout's folders with the CellProfiler pipelines and the plugin (absent in an installed wheel)
+_SOURCE = Path(__file__).resolve().parents[2]
+CP_PIPELINES = ("mask_artifacts_nuclei", "flag_artifact_images", "intensity_outside_artifacts")
+
+
+def _q(path) -> str:
+    return shlex.quote(str(path))
+
+
+def cellprofiler_folder(out, plate, model_path, progress: bool = False) -> tuple[Path, list[str]]:
+    """A folder CellProfiler can read, plus the commands that run each shipped pipeline on it.
+
+    Parameters
+    ----------
+    out : path-like
+        The demo folder; ``out/cellprofiler/input`` receives both channels of ``plate`` (``*_w1.tif``
+        brightfield, ``*_w2.tif`` nuclei) and the model as ``model.artseg``: the layout the pipelines expect as
+        their Default Input Folder (``-i``). ``out/cellprofiler/artseg`` receives an ``artseg batch`` run of the
+        same folder with ``loaddata.csv``, for the pipeline that needs no plugin.
+    plate : path-like
+        A phantom plate (``images/`` and ``nuclei/``).
+    model_path : path-like
+        The model file.
+
+    Returns
+    -------
+    (Path, list of str)
+        The input folder and one shell command per pipeline (results go to ``out/cellprofiler/results/<name>``).
+    """
+    from artseg_core.batch.loaddata import write_loaddata
+    from artseg_core.batch.runner import run_batch
+
+    out, plate = Path(out), Path(plate)
+    root = out / "cellprofiler"
+    inp = root / "input"
+    inp.mkdir(parents=True, exist_ok=True)
+    for sub in ("images", "nuclei"):
+        for f in sorted((plate / sub).glob("*.tif")):
+            shutil.copy2(f, inp / f.name)
+    shutil.copy2(model_path, inp / "model.artseg")
+    run = root / "artseg"
+    s = run_batch(inp, inp / "model.artseg", run, channel="1", progress=progress, report=False)
+    if s.exit_code != 0:
+        raise RuntimeError(f"artseg batch on {inp} failed (exit {s.exit_code}); see {run / 'batch.log'}")
+    write_loaddata(run, inp, channel="1", names={"Brightfield": "1", "Nuclei": "2"})
+    pipelines, plugins = _SOURCE / "pipelines", _SOURCE / "plugins"
+    if not pipelines.is_dir():  # installed from a wheel: the pipelines live in the source checkout
+        pipelines, plugins = Path("pipelines"), Path("plugins")
+    results = root / "results"
+    commands = [f"cellprofiler -c -r -p {_q(pipelines / (name + '.cppipe'))} --plugins-directory {_q(plugins)} "
+                f"-i {_q(inp)} -o {_q(results / name)}" for name in CP_PIPELINES]
+    commands.append(f"cellprofiler -c -r -p {_q(pipelines / 'loaddata_mask_nuclei.cppipe')} -i {_q(run)} "
+                    f"-o {_q(results / 'loaddata_mask_nuclei')}")
+    return inp, commands
 
 
 def write_demo_page(out: Path, report: dict, summary: dict, items: list[dict], seconds: dict) -> Path:
@@ -117,4 +175,10 @@ def run_demo(out, seed: int = 0, quick: bool = False, progress: bool = True) -> 
     summary = {"profile": profile, **model.summary}
     page = write_demo_page(out, report, summary, items, seconds)
     print(f"time: {seconds}")
+    print(f"CellProfiler: {out / 'cellprofiler' / 'input'} holds both channels and model.artseg ...", flush=True)
+    inp, commands = cellprofiler_folder(out, test_plate, model_path)
+    print("run each pipeline on it with (the last one needs no plugin; it reads "
+          f"{out / 'cellprofiler' / 'artseg' / 'loaddata.csv'}):")
+    for c in commands:
+        print(f"  {c}")
     return page

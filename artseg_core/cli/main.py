@@ -276,7 +276,8 @@ _register_batch(main, sys.modules[__name__])
 @click.option("--artseg-command", default=None,
               help="Command ImageJ runs for the engine (default: this environment's artseg, absolute path).")
 def fiji_install(target, artseg_command):
-    """Install Plugins > ArtSeg > Mask Artifacts into a Fiji.app or ImageJ 1.x folder (README, "ImageJ and Fiji")."""
+    """Install Plugins > ArtSeg > Mask Artifacts into a Fiji.app or ImageJ 1.x folder, or for a distribution's
+    ImageJ (Debian: /usr/share/java/ij.jar) into ~/.imagej/plugins (README, "ImageJ and Fiji")."""
     from artseg_core.bridges.fiji_install import FijiInstallError, install
 
     try:
@@ -285,6 +286,13 @@ def fiji_install(target, artseg_command):
         _fail(str(e))
     for p in written:
         click.echo(f"wrote {p}")
+    from artseg_core.bridges.fiji_install import user_imagej_dir
+
+    if written and written[0].is_relative_to(user_imagej_dir()) and not Path(target).expanduser().resolve() \
+            .is_relative_to(user_imagej_dir().resolve()):
+        click.echo(f"{target} has no plugins folder of its own: installed for you into {user_imagej_dir()}/plugins, "
+                   f"which Debian's 'imagej' launcher reads (with plain java: java -jar ij.jar -ijpath "
+                   f"{user_imagej_dir()}).")
     click.echo("Restart ImageJ/Fiji: the command is Plugins > ArtSeg > Mask Artifacts.")
 
 

@@ -558,3 +558,27 @@ def test_split_runs_give_the_same_rows_as_one_run(flag_parts, flag_api, stems):
     objects = read_table(flag_parts[0] / "Artifacts.csv") + read_table(flag_parts[1] / "Artifacts.csv")
     assert _comparable(objects) == _comparable(read_table(flag_api["out"] / "Artifacts.csv"))
 
+
+
+def test_demo_folder_runs_with_the_printed_command(plate, trained_model_path, stems, tmp_path):
+    """``artseg demo``'s CellProfiler folder: both channels and model.artseg in one folder, and the command it
+    prints for the nuclei pipeline runs as printed (only ``cellprofiler`` is replaced by this environment's)."""
+    import shlex
+    import subprocess
+
+    from artseg_core.cli.demo import cellprofiler_folder
+    from cp_helpers import cellprofiler_command, cp_env
+
+    inp, commands = cellprofiler_folder(tmp_path, plate, trained_model_path)
+    assert sorted(p.name for p in inp.iterdir()) == sorted(
+        ["model.artseg"] + [f"{s}_w1.tif" for s in stems] + [f"{s}_w2.tif" for s in stems])
+    assert (tmp_path / "cellprofiler" / "artseg" / "loaddata.csv").is_file()
+    assert len(commands) == 4 and "loaddata_mask_nuclei.cppipe" in commands[-1]
+    assert "--plugins-directory" not in commands[-1]
+    nuclei = shlex.split(next(c for c in commands if "mask_artifacts_nuclei.cppipe" in c))
+    assert nuclei[0] == "cellprofiler"
+    proc = subprocess.run(cellprofiler_command() + nuclei[1:], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, env=cp_env(), cwd=str(tmp_path), timeout=900)
+    _ok(proc)
+    rows = read_table(Path(nuclei[nuclei.index("-o") + 1]) / "Image.csv")
+    assert sorted(r["FileName_Brightfield"] for r in rows) == sorted(f"{s}_w1.tif" for s in stems)

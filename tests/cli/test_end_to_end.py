@@ -179,3 +179,66 @@ def test_cli_evaluate_on_predictions(trained_model_path, tiny_plate, tmp_path):
     assert rep["n_images"] == 12
     assert 0 <= rep["image"]["f1"] <= 1 and "object" in rep and rep["per_type"]
     assert "image level" in r.output and "pixel" in r.output
+
+
+# ------------------------------------------------------------------------------------------------ pixel size
+
+
+def test_pixel_size_recorded_at_training_and_shown_by_info(tmp_path):
+    """`artseg train --pixel-size` records it in the model file, `artseg info` shows it; without the option it
+    is read from the training images' TIFF metadata; old files without it load with None."""
+    from artseg_core.io.outputs import write_mask_tiff
+    from artseg_core.predict.model import load_model, pixel_size_from_files
+
+    plate = tmp_path / "plate"
+    phantoms.make_plate(plate, rows=2, cols=2, fields=1, prevalence=0.5, seed=3, shape=(64, 64))
+    res = CliRunner().invoke(main, ["train", str(plate / "images"), "-o", str(tmp_path / "m.artseg"), "--profile",
+                                    "tiny", "--epochs", "1", "--unet-steps", "1", "--val-fraction", "0",
+                                    "--device", "cpu", "--pixel-size", "0.5"])
+    assert res.exit_code == 0, res.output
+    assert "pixel size: 0.5 um (recorded in the model)" in res.output
+    assert load_model(tmp_path / "m.artseg", device="cpu").pixel_size == 0.5
+    info = CliRunner().invoke(main, ["info", str(tmp_path / "m.artseg")])
+    assert json.loads(info.output)["pixel_size_um"] == 0.5
+    # metadata route: TIFFs written with a pixel size of 0.325 um
+    tif = write_mask_tiff(tmp_path / "cal.tif", np.eye(16, dtype=bool), pixel_size=0.325)
+    assert pixel_size_from_files([tif]) == pytest.approx(0.325, rel=1e-6)
+
+
+def test_old_model_files_load_without_pixel_size(trained_model_path):
+    from artseg_core.io.modelfile import load_model_file
+
+    manifest, _ = load_model_file(trained_model_path)
+    m = artseg_core.load_model(trained_model_path, device="cpu")
+    assert m.pixel_size == manifest.get("pixel_size_um")
+
+
+def test_pixel_size_mismatch_warns_and_rescale_resamples(model, caplog):
+    """An image at another pixel size than the model's: a warning above 20 %, none within; --rescale runs the
+    networks on the image resampled to the model's pixel size and maps the result back."""
+    from scipy import ndimage as ndi
+
+    f = phantoms.make_field((192, 192), seed=5, artifacts=["bubble", "debris"], pixel_size=0.65)
+    old = model.pixel_size
+    try:
+        model.pixel_size = 0.65
+        model._warned_sizes.clear()
+        with caplog.at_level("WARNING", logger="artseg_core.predict.model"):
+            model.predict(f.image, pixel_size=0.7, gate=False)
+            assert not [r for r in caplog.records if "pixel size" in r.getMessage()]
+            model.predict(f.image, pixel_size=0.325, gate=False)
+        msgs = [r.getMessage() for r in caplog.records if "pixel size" in r.getMessage()]
+        assert len(msgs) == 1 and "0.325" in msgs[0] and "0.65" in msgs[0] and "--rescale" in msgs[0]
+        # the same field seen at twice the magnification (0.325 um/px): with rescale the networks see what they
+        # saw at 0.65 um/px, and the result comes back at the image's own size
+        up = ndi.zoom(f.image.astype(np.float32), 2, order=1, grid_mode=True, mode="nearest")
+        ref = model.predict(f.image, gate=False)
+        r = model.predict(up, pixel_size=0.325, rescale=True, gate=False)
+        assert r.prob.shape == r.mask.shape == up.shape
+        back = ndi.zoom(ref.prob, 2, order=1, grid_mode=True, mode="nearest")
+        assert np.corrcoef(back.ravel(), r.prob.ravel())[0, 1] > 0.9
+        assert abs(r.p_artifact - ref.p_artifact) < 0.1
+        no = model.predict(up, pixel_size=0.325, rescale=False, gate=False)
+        assert no.prob.shape == up.shape  # without rescale: segmented as is (and warned)
+    finally:
+        model.pixel_size = old

@@ -242,3 +242,74 @@ def test_pixel_size_mismatch_warns_and_rescale_resamples(model, caplog):
         assert no.prob.shape == up.shape  # without rescale: segmented as is (and warned)
     finally:
         model.pixel_size = old
+
+
+# ------------------------------------------------------------------------------------------------ demo page
+
+
+def _demo_page(out):
+    """The demo page from real evaluation numbers on small synthetic masks (no training needed)."""
+    from artseg_core.cli.demo import field_score, write_demo_page
+    from artseg_core.evaluation.evaluate import evaluate_arrays
+    from artseg_core.io.files import write_png
+
+    truth = {"a": np.zeros((64, 64), np.int32), "b": np.zeros((64, 64), np.int32), "c": np.zeros((64, 64), np.int32)}
+    truth["a"][10:30, 10:30] = 1
+    pred = {k: np.zeros((64, 64), bool) for k in truth}
+    pred["a"][12:30, 10:28] = True
+    pred["c"][40:44, 40:44] = True  # a false positive on a clean field
+    report = evaluate_arrays(pred, truth, types={("a", 1): "bubble"})
+    report["image"] = {"precision": 1.0, "recall": 1.0, "f1": 1.0, "roc_auc": 0.9}
+    summary = {"profile": "tiny", "n_images": 48, "n_artifact": 24, "n_clean": 24, "n_train": 38, "n_val": 10,
+               "n_masks": 0, "classifier": {"epochs_run": 12, "best_epoch": 9,
+                                            "val_metrics": {"accuracy": 0.9, "f1": 0.89}},
+               "scorecam": {"mode": "fast", "threshold": 0.4, "threshold_source": "profile default"},
+               "unet": {"steps_run": 600}, "calibration": {"classifier_threshold": 0.45, "unet_threshold": 0.5,
+                                                           "min_size": 16, "reference": "none"}}
+    items = []
+    (out / "figures").mkdir(parents=True)
+    for k in truth:
+        write_png(out / "figures" / f"{k}.png", np.full((64, 64, 3), 128, np.uint8))
+        items.append({"name": k, "png": f"figures/{k}.png", "truth": "artifact" if truth[k].any() else "clean",
+                      "p": 0.5, "flagged": bool(pred[k].any()), "score": field_score(pred[k], truth[k])})
+    return write_demo_page(out, report, summary, items, {"phantoms": 1.0, "train": 60.0})
+
+
+def test_demo_page_tables_and_clean_field_scores(tmp_path):
+    """Metrics and the training summary as tables (per kind, with counts), no raw JSON or text dump; clean
+    fields scored by their false-positive area, not by an IoU of 1.00 / 0.00; rendered in headless Chromium."""
+    import os
+    import re
+    import shutil
+    import subprocess
+
+    from artseg_core.cli.demo import field_score
+
+    z = np.zeros((10, 10), bool)
+    fp = z.copy()
+    fp[0, 0] = True
+    assert field_score(z, z) == "clean: no false positive"
+    assert field_score(fp, z) == "clean: false positive 1.00 % of field"
+    assert field_score(fp, fp) == "IoU 1.00"
+
+    page = _demo_page(tmp_path)
+    text = page.read_text()
+    assert text.count("<table") >= 5 and "<pre>" not in text and '{"' not in text
+    assert "Per artifact kind" in text and "<td>bubble</td>" in text and "IoU 1.00" not in text.split("Fields")[1]
+    assert "clean: false positive" in text and "clean: no false positive" in text
+    chromium = next((c for c in ("/usr/bin/chromium", shutil.which("chromium") or "") if c and os.access(c, os.X_OK)),
+                    None)
+    if chromium is None:
+        pytest.skip("Chromium is not installed: the rendering check is skipped")
+    shot = tmp_path / "demo.png"
+    proc = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path}/p",
+                           "--window-size=1280,1600", f"--screenshot={shot}", page.resolve().as_uri()],
+                          capture_output=True, text=True, timeout=180)
+    assert shot.is_file(), proc.stderr[-2000:]
+    from PIL import Image
+
+    a = np.asarray(Image.open(shot).convert("RGB")).astype(float)
+    assert a.std() > 20 and (a.sum(axis=2) < 200).mean() > 0.001
+    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path}/q",
+                          "--dump-dom", page.resolve().as_uri()], capture_output=True, text=True, timeout=180).stdout
+    assert len(re.findall(r"<table", dom)) >= 5

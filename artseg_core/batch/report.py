@@ -261,7 +261,7 @@ def write_report(out_dir) -> Path:
              f" &middot; output {_e(out.resolve())}</div>",
              "<h2>Counts</h2><div class=\"counts\">"]
     for label, n, cls in (("images in plate", n_plate, ""), ("processed", len(rows), ""),
-                          ("flagged (classifier)", len(flagged), ""), ("QC flagged", len(qc), ""),
+                          ("flagged (artifacts)", len(flagged), ""), ("QC flagged", len(qc), ""),
                           ("failed", len(failed), " bad" if failed else ""),
                           ("not yet processed", max(0, int(n_plate) - len(rows)), "")):
         parts.append(f"<div class=\"count{cls}\"><b id=\"count-{_slug(label)}\">{n}</b>{_e(label)}</div>")

@@ -88,7 +88,7 @@ def test_report_references_valid_files(run_dir):
                 assert im.size[0] > 50 and im.size[1] > 50
     # counts on the page are the table's
     flagged = sum(r["flagged"] == "True" for r in rows if r["status"] == "ok")
-    assert 'id="count-failed">1<' in html and f'id="count-flagged_classifier_">{flagged}<' in html
+    assert 'id="count-failed">1<' in html and f'id="count-flagged_artifacts_">{flagged}<' in html
     assert "phantom_B03_s9_w1.tif" in html  # the failed image is listed with its error
     settings = json.loads((run_dir / "batch.json").read_text())
     assert settings["model_sha256"] in html

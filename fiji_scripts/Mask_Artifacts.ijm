@@ -303,7 +303,7 @@ function addOutlines(imageID, roiPath, nObjects) {
     // remove outlines of an earlier run
     for (i = Overlay.size - 1; i >= 0; i--) {
         Overlay.activateSelection(i);
-        if (startsWith(getInfo("selection.name"), "artseg-")) Overlay.removeSelection(i);
+        if (startsWith(getInfo("selection.name"), "artifact-")) Overlay.removeSelection(i);
     }
     run("Select None");
     if (nObjects == 0 || !File.exists(roiPath)) return 0;
@@ -312,8 +312,7 @@ function addOutlines(imageID, roiPath, nObjects) {
     n = roiManager("count");
     selectImage(imageID);
     for (i = 0; i < n; i++) {
-        roiManager("select", i);
-        Roi.setName("artseg-" + (i + 1));
+        roiManager("select", i);  // keeps its name from the zip: artifact-001, ... as in every ArtSeg output
         Overlay.addSelection("yellow");
     }
     run("Select None");

@@ -41,12 +41,17 @@ Measurements made by this module
 
 -  *MaskArtifacts_Probability*: the classifier's probability that the image
    contains artifacts.
--  *MaskArtifacts_Flagged*: 1 if that probability reaches the model's
-   calibrated classifier threshold, else 0.
+-  *MaskArtifacts_Flagged*: 1 if the image contains artifacts, else 0. **This
+   is the measurement to filter on**: every image with an artifact mask has
+   *Flagged* = 1, and an image with *Flagged* = 0 has no artifact objects and
+   an empty mask (one answer per image). With "Skip clean images with the
+   classifier?" = *Yes* (the default) the classifier decides: images below its
+   calibrated threshold are clean and not segmented. With *No* every image is
+   segmented and an image is also flagged when its mask is not empty.
 -  *MaskArtifacts_AreaFraction*: fraction of the image's pixels that are
    artifact pixels.
 -  *MaskArtifacts_Segmented*: 1 if the pixel-level segmentation ran, 0 if the
-   classifier gate judged the image clean and skipped it.
+   classifier judged the image clean and skipped it.
 -  *MaskArtifacts_Focus*, *MaskArtifacts_Illumination*,
    *MaskArtifacts_Saturation*: image-quality scores computed by the engine.
 -  *MaskArtifacts_Defocus*, *MaskArtifacts_BadIllumination*,
@@ -93,6 +98,7 @@ from cellprofiler_core.setting.choice import Choice
 from cellprofiler_core.setting.text import Directory
 from cellprofiler_core.setting.text import Filename
 from cellprofiler_core.setting.text import ImageName
+from cellprofiler_core.setting.text import Integer
 from cellprofiler_core.setting.text import Text
 
 LOGGER = logging.getLogger(__name__)
@@ -134,7 +140,63 @@ DEVICE_GPU = "GPU (CUDA)"
 DEVICES = {DEVICE_AUTO: "auto", DEVICE_CPU: "cpu", DEVICE_GPU: "cuda"}
 
 DEFAULT_MODEL_FILE = "model.artseg"
-N_SETTINGS = 13
+#: number of settings of each settings revision (settings are matched by position in a .cppipe)
+N_SETTINGS_BY_REVISION = {1: 13, 2: 16}
+N_SETTINGS = N_SETTINGS_BY_REVISION[2]
+#: the settings revision 2 added, with their revision-1 defaults: probability image (no, its name), torch threads
+REVISION_2_DEFAULTS = ["No", "ArtifactProbability", "0"]
+
+_THREADS_SET: list = []  # the torch thread count this process has set (once per process)
+
+
+def automatic_torch_threads(cores: int | None = None, workers: int | None = None, in_worker: bool | None = None) -> int:
+    """Torch threads for one CellProfiler process when the module's thread setting is 0 (automatic).
+
+    Parameters
+    ----------
+    cores : int, optional
+        CPU cores of the machine (default: ``os.cpu_count()``).
+    workers : int, optional
+        CellProfiler's worker processes (default: its "Maximum number of workers" preference).
+    in_worker : bool, optional
+        Whether this process is a CellProfiler analysis worker (default: detected from its command line).
+
+    Returns
+    -------
+    int
+        In an analysis worker ``max(1, cores // workers)``, so that the workers together use the cores once;
+        in a single-process run (``cellprofiler -c -r``, test mode) all cores.
+    """
+    import sys
+
+    cores = cores or os.cpu_count() or 1
+    if in_worker is None:
+        main = getattr(sys.modules.get("__main__"), "__file__", "") or ""
+        in_worker = any(a.startswith("--work-announce") for a in sys.argv) or main.replace("\\", "/").endswith(
+            "cellprofiler_core/worker/__init__.py")
+    if not in_worker:
+        return cores
+    if workers is None:
+        try:
+            from cellprofiler_core.preferences import get_max_workers
+
+            workers = int(get_max_workers())
+        except Exception:  # preferences unreadable: assume one worker per core
+            workers = cores
+    return max(1, cores // max(1, workers))
+
+
+def cap_torch_threads(n: int) -> int:
+    """Set torch's intra-op thread count once per process (later calls with another value also apply).
+
+    Returns the number of threads torch now uses.
+    """
+    import torch
+
+    if n >= 1 and torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    _THREADS_SET[:] = [torch.get_num_threads()]
+    return _THREADS_SET[0]
 
 
 class ModelUnavailableError(RuntimeError):
@@ -231,7 +293,7 @@ class MaskArtifacts(ImageSegmentation):
 
     module_name = "MaskArtifacts"
 
-    variable_revision_number = 1
+    variable_revision_number = 2
 
     def create_settings(self):
         super().create_settings()
@@ -352,6 +414,35 @@ class MaskArtifacts(ImageSegmentation):
             doc=f"*{DEVICE_AUTO}* uses a GPU when PyTorch sees one, else the CPU.",
         )
 
+        self.wants_probability_image = Binary(
+            "Save the artifact probability map as an image?",
+            False,
+            doc=(
+                "If *Yes*, the U-Net's per-pixel artifact probability (0 to 1) is added to the image set, e.g. "
+                "to threshold it yourself with **Threshold** or to view it. Images the classifier judged clean "
+                "are not segmented: their probability map is all 0."
+            ),
+        )
+
+        self.probability_image_name = ImageName(
+            "Name the probability image",
+            "ArtifactProbability",
+            doc="Name of the probability image (values 0 to 1).",
+        )
+
+        self.torch_threads = Integer(
+            "CPU threads per CellProfiler worker (0 = automatic)",
+            0,
+            minval=0,
+            doc=(
+                "Threads PyTorch may use in each CellProfiler process. CellProfiler's analysis starts several "
+                "worker processes; if each let PyTorch use every core, the cores would be oversubscribed and the "
+                "run slower. *0* (automatic): in an analysis worker, the number of cores divided by "
+                "CellProfiler's *Maximum number of workers* preference (at least 1); in a single-process "
+                "headless run (``cellprofiler -c -r``), all cores."
+            ),
+        )
+
     def settings(self):
         return [
             self.x_name,
@@ -367,6 +458,9 @@ class MaskArtifacts(ImageSegmentation):
             self.cleaned_image_name,
             self.fill_method,
             self.device,
+            self.wants_probability_image,
+            self.probability_image_name,
+            self.torch_threads,
         ]
 
     def visible_settings(self):
@@ -386,18 +480,30 @@ class MaskArtifacts(ImageSegmentation):
         result.append(self.wants_cleaned_image)
         if self.wants_cleaned_image.value:
             result += [self.cleaned_image_name, self.fill_method]
-        result.append(self.device)
+        result.append(self.wants_probability_image)
+        if self.wants_probability_image.value:
+            result.append(self.probability_image_name)
+        result += [self.device, self.torch_threads]
         return result
 
     def volumetric(self):
         return False
 
     def upgrade_settings(self, setting_values, variable_revision_number, module_name):
-        if variable_revision_number == 1 and len(setting_values) != N_SETTINGS:
+        expected = N_SETTINGS_BY_REVISION.get(variable_revision_number)
+        if expected is None:
             raise ValueError(
-                f"MaskArtifacts (settings revision 1) has {N_SETTINGS} settings, the pipeline gives "
-                f"{len(setting_values)}: edit the pipeline or re-create the module"
+                f"MaskArtifacts settings revision {variable_revision_number} is newer than this plugin "
+                f"(revision {self.variable_revision_number}): update the ArtSeg plugin"
             )
+        if len(setting_values) != expected:
+            raise ValueError(
+                f"MaskArtifacts (settings revision {variable_revision_number}) has {expected} settings, the "
+                f"pipeline gives {len(setting_values)}: edit the pipeline or re-create the module"
+            )
+        if variable_revision_number == 1:
+            setting_values = list(setting_values) + REVISION_2_DEFAULTS
+            variable_revision_number = 2
         return setting_values, variable_revision_number
 
     # ----------------------------------------------------------------------------------------------
@@ -420,9 +526,13 @@ class MaskArtifacts(ImageSegmentation):
                 f"({C_MASK_ARTIFACTS}_Probability, ...) would clash",
                 self.x_name,
             )
-        if self.wants_mask_image.value and self.wants_cleaned_image.value:
-            if self.mask_image_name.value == self.cleaned_image_name.value:
-                raise ValidationError("The mask and cleaned images need different names", self.cleaned_image_name)
+        names = [(self.wants_mask_image, self.mask_image_name), (self.wants_cleaned_image, self.cleaned_image_name),
+                 (self.wants_probability_image, self.probability_image_name)]
+        chosen = [name for wants, name in names if wants.value]
+        for i, name in enumerate(chosen):
+            if any(name.value == other.value for other in chosen[:i]):
+                raise ValidationError(f"The output images need different names ('{name.value}' is used twice)",
+                                      name)
         try:
             self.get_model()
         except ModelUnavailableError as exc:
@@ -456,6 +566,9 @@ class MaskArtifacts(ImageSegmentation):
         except ModelUnavailableError as exc:
             LOGGER.error("%s", exc)
             raise
+        threads = self.torch_threads.value or automatic_torch_threads()
+        if _THREADS_SET != [threads]:
+            cap_torch_threads(threads)
         fill = FILL_METHODS[self.fill_method.value] if self.wants_cleaned_image.value else None
         # The raw array goes to the engine unchanged: it normalises by percentiles, so CellProfiler's
         # [0, 1] scaling does not matter.
@@ -495,6 +608,10 @@ class MaskArtifacts(ImageSegmentation):
             if pixels.min() >= 0 and pixels.max() <= 1:  # keep CellProfiler's [0, 1] convention
                 cleaned = numpy.clip(cleaned, 0.0, 1.0)
             workspace.image_set.add(self.cleaned_image_name.value, Image(cleaned, parent_image=image))
+        if self.wants_probability_image.value:
+            prob = (numpy.zeros(pixels.shape, numpy.float32) if result.prob is None
+                    else numpy.clip(numpy.asarray(result.prob, dtype=numpy.float32), 0.0, 1.0))
+            workspace.image_set.add(self.probability_image_name.value, Image(prob, parent_image=image))
 
         if self.show_window:
             workspace.display_data.x_data = pixels

@@ -66,19 +66,23 @@ def cellprofiler_command() -> list[str]:
 
 
 def run_cellprofiler(pipeline: Path, input_dir: Path, output_dir: Path, first: int | None = None,
-                     last: int | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+                     last: int | None = None, timeout: float = 900, plugins: bool = True,
+                     env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``cellprofiler -c -r -p PIPELINE --plugins-directory plugins -i IN -o OUT [-f N -l M]``.
 
+    With ``plugins=False`` no plugins directory is given (CellProfiler as installed, e.g. the desktop app).
     Returns the completed process (stdout and stderr merged into ``stdout``); does not raise on failure.
     """
-    cmd = cellprofiler_command() + ["-c", "-r", "-p", str(pipeline), "--plugins-directory", str(PLUGINS),
-                                    "-i", str(input_dir), "-o", str(output_dir)]
+    cmd = cellprofiler_command() + ["-c", "-r", "-p", str(pipeline)]
+    if plugins:
+        cmd += ["--plugins-directory", str(PLUGINS)]
+    cmd += ["-i", str(input_dir), "-o", str(output_dir)]
     if first is not None:
         cmd += ["-f", str(first)]
     if last is not None:
         cmd += ["-l", str(last)]
     return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
-                          env=cp_env(), cwd=str(REPO))
+                          env={**cp_env(), **(env or {})}, cwd=str(REPO))
 
 
 def run_api(*args: str, timeout: float = 900) -> dict:
@@ -211,7 +215,9 @@ def api_run(pipeline_path: str, input_dir: str, output_dir: str, model_path: str
     start_java()
     try:
         pipeline.load(pipeline_path)
-        _set_model(_mask_artifacts(pipeline), model_path)
+        module = _mask_artifacts(pipeline)
+        _set_model(module, model_path)
+        module.torch_threads.value = 1  # the module caps torch's threads in this (CellProfiler) process
         run_errors: list[str] = []
         pipeline.add_listener(lambda _p, ev: run_errors.append(f"{ev.module.module_name}: {ev.error}")
                               if isinstance(ev, RunException) else None)
@@ -227,7 +233,10 @@ def api_run(pipeline_path: str, input_dir: str, output_dir: str, model_path: str
             if measurements.has_feature(IMAGE, name):
                 values[name] = [v.item() if hasattr(v, "item") else v
                                 for v in measurements.get_all_measurements(IMAGE, name)]
-        return {"exit_status": status, "load_errors": load_errors, "run_errors": run_errors, "image": values}
+        import torch
+
+        return {"exit_status": status, "load_errors": load_errors, "run_errors": run_errors, "image": values,
+                "torch_threads": torch.get_num_threads()}
     finally:
         stop_java()
 

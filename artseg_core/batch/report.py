@@ -18,7 +18,7 @@ import numpy as np
 from artseg_core.batch.layout import JOURNAL, REPORT, REPORT_FILES, RESULTS, SETTINGS, WELLS
 from artseg_core.batch.tables import as_float, finalize, read_csv_rows, truthy
 
-__all__ = ["write_report", "plate_shape", "REPORT", "REPORT_FILES"]
+__all__ = ["write_report", "plate_shape", "distribution_figure", "heatmap_figure", "REPORT", "REPORT_FILES"]
 
 #: standard plate formats (rows, cols), smallest first
 PLATE_FORMATS = [(2, 3), (3, 4), (4, 6), (6, 8), (8, 12), (16, 24), (32, 48)]
@@ -26,9 +26,13 @@ N_WORST = 12
 
 
 def plate_shape(max_row: int, max_col: int) -> tuple[int, int]:
-    """The smallest standard plate format holding row ``max_row`` and column ``max_col``."""
+    """The grid a plate is drawn on: the smallest standard plate format holding row ``max_row`` and column
+    ``max_col``, unless the imaged wells fill at most half of that format's rows or columns (a 2 x 6 plate is
+    drawn 2 x 6, not as a 24-well plate with two empty rows); then exactly ``max_row`` x ``max_col``."""
     for r, c in PLATE_FORMATS:
         if max_row <= r and max_col <= c:
+            if (max_row <= r // 2 and r > 2) or (max_col <= c // 2 and c > 3):
+                return max_row, max_col
             return r, c
     return max_row, max_col
 
@@ -55,7 +59,14 @@ def _slug(s: str) -> str:
 
 
 def _heatmap(wells: list[dict], value, title: str, label: str, path: Path, vmax: float | None = None,
-             cmap: str = "magma") -> Path:
+             cmap: str = "magma", counts: bool = False) -> Path:
+    return _save(heatmap_figure(wells, value, title, label, vmax=vmax, cmap=cmap, counts=counts), path)
+
+
+def heatmap_figure(wells: list[dict], value, title: str, label: str, vmax: float | None = None,
+                   cmap: str = "magma", counts: bool = False):
+    """One value per well on the plate grid (:func:`plate_shape`); ``counts`` gives the colour bar integer
+    ticks (numbers of fields)."""
     from artseg_core.batch.platenames import row_letters
 
     rows = [int(w["row"]) for w in wells]
@@ -79,6 +90,11 @@ def _heatmap(wells: list[dict], value, title: str, label: str, path: Path, vmax:
     ax.set_title(title, fontsize=10)
     cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     cb.set_label(label, fontsize=8)
+    if counts:  # whole numbers of fields: integer ticks only
+        from matplotlib.ticker import MaxNLocator
+
+        cb.locator = MaxNLocator(integer=True, nbins=min(6, int(top) + 1))
+        cb.update_ticks()
     if nr * nc <= 96:
         for r in range(nr):
             for c in range(nc):
@@ -87,43 +103,76 @@ def _heatmap(wells: list[dict], value, title: str, label: str, path: Path, vmax:
                     txt = f"{v:.0f}" if float(v).is_integer() else f"{v:.3g}"
                     ax.text(c, r, txt, ha="center", va="center", fontsize=6,
                             color="white" if v < 0.6 * top else "black")
-    return _save(fig, path)
+    return fig
 
 
 def _distributions(rows: list[dict], settings: dict, path: Path) -> Path:
+    return _save(distribution_figure(rows, settings), path)
+
+
+def distribution_figure(rows: list[dict], settings: dict):
+    """The four score histograms (classifier, focus, illumination, saturation) with the model's thresholds.
+
+    Each threshold lies inside its axis and is named in a legend under it; the focus axis (log) labels a few
+    ticks only; a score that is the same for every field (e.g. no saturated pixel anywhere) is drawn as one bar
+    with the sentence "all N fields = v".
+    """
     mt = settings.get("model_thresholds") or {}
     qt = settings.get("quality_thresholds") or {}
-    panels = [("p_artifact", "classifier P(artifact)", [("flag", mt.get("classifier")), ("gate", mt.get("gate"))],
-               False),
+    panels = [("p_artifact", "classifier P(artifact)", [("flag", mt.get("classifier"))], False),
               ("focus", "focus score", [("focus_min", qt.get("focus_min"))], True),
               ("illumination", "illumination score", [("illumination_max", qt.get("illumination_max"))], False),
               ("saturation", "saturation score", [("saturation_max", qt.get("saturation_max"))], False)]
-    fig = _fig(11, 2.8)
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    fig = _fig(12, 3.0)
     for i, (key, title, lines, logx) in enumerate(panels):
         ax = fig.add_subplot(1, 4, i + 1)
         v = np.array([as_float(r.get(key)) for r in rows if r.get("status") == "ok"], float)
         v = v[np.isfinite(v)]
         if logx:
             v = v[v > 0]
-        if v.size:
+        limits = [float(t) for _, t in lines if t is not None and math.isfinite(float(t)) and (not logx or t > 0)]
+        if v.size and float(v.max()) > float(v.min()):
             if logx:
-                bins = np.logspace(np.log10(v.min()), np.log10(max(v.max(), v.min() * 1.01)), 30)
+                bins = np.logspace(np.log10(v.min()), np.log10(v.max()), 30)
                 ax.set_xscale("log")
             else:
                 bins = 30
             ax.hist(v, bins=bins, color="#4c72b0")
+        elif v.size:  # every field has the same value (e.g. no saturated pixel anywhere): say so
+            width = max(abs(float(v[0])) * 0.05, 1e-3)
+            ax.bar([float(v[0])], [v.size], width=width, color="#4c72b0")
+            if logx:
+                ax.set_xscale("log")
+            ax.text(0.5, 0.55, f"all {v.size} fields = {float(v[0]):.3g}", ha="center", va="center",
+                    transform=ax.transAxes, fontsize=9)
         else:
             ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes)
-        for name, t in lines:
+        # the thresholds always lie inside the axis, with their names in a legend (never cut off at the edge)
+        if v.size or limits:
+            pts = list(v) + limits
+            lo, hi = min(pts), max(pts)
+            if logx:
+                ax.set_xlim(lo / 1.3, hi * 1.3)
+            else:
+                pad = 0.05 * (hi - lo) if hi > lo else max(abs(hi) * 0.1, 0.05)
+                ax.set_xlim(lo - pad, hi + pad)
+        colours = ("#c44e52", "#dd8452")
+        for k, (name, t) in enumerate(lines):
             if t is not None and math.isfinite(float(t)) and (not logx or float(t) > 0):
-                ax.axvline(float(t), color="#c44e52", ls="--", lw=1.2)
-                ax.text(float(t), 0.97, f" {name}", color="#c44e52", fontsize=7, va="top",
-                        transform=ax.get_xaxis_transform())
+                ax.axvline(float(t), color=colours[k % 2], ls="--", lw=1.2, label=f"{name} {float(t):.3g}")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, frameon=False)
+        if logx:  # a few labelled decades (or 1-2-5 steps) only: minor labels overlapped
+            ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=4))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(title, fontsize=9)
         ax.set_ylabel("images" if i == 0 else "", fontsize=8)
         ax.tick_params(labelsize=7)
-    fig.subplots_adjust(wspace=0.35)
-    return _save(fig, path)
+    fig.subplots_adjust(wspace=0.3, bottom=0.3)
+    return fig
 
 
 def _thumbnail(row: dict, out: Path, path: Path, plane: int | None = None, size: int = 256) -> tuple[Path, str]:
@@ -212,7 +261,7 @@ def write_report(out_dir) -> Path:
              f" &middot; output {_e(out.resolve())}</div>",
              "<h2>Counts</h2><div class=\"counts\">"]
     for label, n, cls in (("images in plate", n_plate, ""), ("processed", len(rows), ""),
-                          ("flagged (classifier)", len(flagged), ""), ("QC flagged", len(qc), ""),
+                          ("flagged (artifacts)", len(flagged), ""), ("QC flagged", len(qc), ""),
                           ("failed", len(failed), " bad" if failed else ""),
                           ("not yet processed", max(0, int(n_plate) - len(rows)), "")):
         parts.append(f"<div class=\"count{cls}\"><b id=\"count-{_slug(label)}\">{n}</b>{_e(label)}</div>")
@@ -232,7 +281,7 @@ def write_report(out_dir) -> Path:
                      f"{plate}: mean artifact area (% of field)", "% of field area", files / f"heatmap_area_{s}.png")
         f = _heatmap(ws, lambda w: as_float(w.get("flagged_fields")), f"{plate}: flagged fields per well",
                      "flagged fields", files / f"heatmap_flagged_{s}.png",
-                     vmax=max(1.0, max(as_float(w.get("fields")) for w in ws)), cmap="viridis")
+                     vmax=max(1.0, max(as_float(w.get("fields")) for w in ws)), cmap="viridis", counts=True)
         parts.append(f"<div class=\"grid\" style=\"grid-template-columns:1fr 1fr\"><img class=\"heatmap\" "
                      f"src=\"{REPORT_FILES}/{a.name}\" alt=\"artifact area heatmap {_e(plate)}\">"
                      f"<img class=\"heatmap\" src=\"{REPORT_FILES}/{f.name}\" alt=\"flagged fields heatmap "
@@ -241,8 +290,9 @@ def write_report(out_dir) -> Path:
     parts.append("<h2>Score distributions and the model's thresholds</h2>")
     d = _distributions(rows, settings, files / "distributions.png")
     parts.append(f"<img src=\"{REPORT_FILES}/{d.name}\" alt=\"classifier and QC score distributions\">")
-    parts.append("<p class=\"muted\">Dashed lines: the model's classifier flag and gate thresholds and its QC "
-                 "thresholds (learned from clean training images); a field is QC-flagged when its focus is below "
+    parts.append("<p class=\"muted\">Dashed lines: the model's classifier flag threshold (a field at or above it is "
+                 "flagged and segmented; below it the field is clean, with an empty mask) and its QC thresholds "
+                 "(learned from clean training images); a field is QC-flagged when its focus is below "
                  "focus_min, or its illumination or saturation score is above the maximum.</p>")
 
     parts.append(f"<h2>The {N_WORST} worst fields</h2>")

@@ -3,6 +3,10 @@
 What goes where (menu: Plugins > ArtSeg):
 
 * ImageJ 1.x (a folder with ``ij.jar`` and ``plugins/``): ``plugins/ArtSeg/Mask_Artifacts.ijm``.
+* ImageJ 1.x as a distribution installs it (Debian/Ubuntu ``imagej``: ``/usr/share/java/ij.jar``, no writable
+  ``plugins/`` next to it): the user plugins folder ``~/.imagej/plugins/ArtSeg/`` that Debian's ``imagej``
+  launcher reads (it starts ImageJ with ``-ijpath ~/.imagej``). Give the jar, its folder, or the user folder
+  (``~/.imagej``, or any folder with a ``plugins/`` subfolder, or a ``plugins`` folder itself).
 * Fiji (a folder with ``scripts/`` or a Fiji launcher such as ``ImageJ-linux64``, ``fiji-linux-x64``,
   ``ImageJ-win64.exe``; ``Fiji.app`` itself or the folder holding it): the macro in the same ImageJ 1.x way,
   ``Fiji.app/plugins/ArtSeg/Mask_Artifacts.ijm``, so ``run("Mask Artifacts", "...")`` receives its options
@@ -24,7 +28,7 @@ from pathlib import Path
 from artseg_core.bridges.resources import ResourceNotFoundError, resource_dir
 
 __all__ = ["install", "detect_layout", "default_artseg_command", "script_sources", "FijiInstallError",
-           "COMMAND_FILE"]
+           "COMMAND_FILE", "user_imagej_dir"]
 
 #: file next to the installed scripts holding the command that runs the engine
 COMMAND_FILE = "artseg_command.txt"
@@ -52,36 +56,58 @@ def script_sources() -> Path:
         raise FijiInstallError(str(e)) from e
 
 
+def user_imagej_dir() -> Path:
+    """ImageJ 1.x's per-user folder as Debian's ``imagej`` launcher uses it (``-ijpath ~/.imagej``)."""
+    return Path.home() / ".imagej"
+
+
+def _has_ij_jar(d: Path) -> bool:
+    return (d / "ij.jar").is_file() or any(d.glob("ij-1.*.jar"))
+
+
 def detect_layout(target_dir: str | os.PathLike) -> tuple[str, Path]:
-    """Tell a Fiji from an ImageJ 1.x folder.
+    """Tell a Fiji from an ImageJ 1.x installation and find the folder whose ``plugins/`` receives the macro.
+
+    Parameters
+    ----------
+    target_dir : path
+        ``Fiji.app`` (or the folder holding it); an ImageJ 1.x folder (``ij.jar`` + ``plugins/``); ImageJ's jar
+        itself or a folder with ``ij.jar`` but no ``plugins/`` (a distribution's ImageJ such as Debian's
+        ``/usr/share/java/ij.jar``: the user folder ``~/.imagej`` is used); a user ImageJ folder with a
+        ``plugins/`` subfolder (``~/.imagej``); or a ``plugins`` folder itself.
 
     Returns
     -------
     kind : {"fiji", "imagej"}
     root : pathlib.Path
-        The installation folder (``Fiji.app`` when given the folder that holds it).
+        The folder whose ``plugins/`` receives the macro (``Fiji.app`` when given the folder that holds it,
+        ``~/.imagej`` for a distribution's ImageJ).
 
     Raises
     ------
     FijiInstallError
-        The folder does not exist or is neither (the message says what was looked for).
+        The path does not exist or is none of these (the message says what was looked for).
     """
     d = Path(target_dir).expanduser()
+    if d.is_file() and d.suffix.lower() == ".jar" and d.name.lower().startswith("ij"):
+        d = d.parent  # ImageJ's jar: look at its folder
     if not d.is_dir():
-        raise FijiInstallError(f"{d}: no such folder (give the Fiji.app or ImageJ folder)")
+        raise FijiInstallError(f"{d}: no such folder (give the Fiji.app or ImageJ folder, or ImageJ's ij.jar)")
     for root in (d, d / "Fiji.app", d / "Fiji"):
         if not root.is_dir():
             continue
         if ((root / "scripts").is_dir() or any((root / x).exists() for x in _FIJI_LAUNCHERS)
                 or ((root / "Contents" / "MacOS").is_dir() and (root / "jars").is_dir())):
             return "fiji", root.resolve()
-    if (d / "ij.jar").is_file() and (d / "plugins").is_dir():
+    if (d / "plugins").is_dir():  # ImageJ 1.x folder, or a user folder such as ~/.imagej
         return "imagej", d.resolve()
-    if (d / "ij.jar").is_file():
-        raise FijiInstallError(f"{d}: has ij.jar but no plugins/ folder; create {d / 'plugins'} (ImageJ's "
-                               "plugins folder) and run again")
+    if _has_ij_jar(d):  # a distribution's ImageJ (Debian: /usr/share/java/ij.jar): the user's plugins folder
+        return "imagej", user_imagej_dir()
+    if d.name == "plugins":
+        return "imagej", d.resolve().parent
     raise FijiInstallError(f"{d}: neither a Fiji folder (Fiji.app with scripts/ or a Fiji launcher such as "
-                           "ImageJ-linux64) nor an ImageJ 1.x folder (ij.jar and plugins/)")
+                           "ImageJ-linux64) nor an ImageJ 1.x folder (ij.jar, or a folder with plugins/ such as "
+                           "~/.imagej)")
 
 
 def _quote(path: str) -> str:
@@ -114,7 +140,9 @@ def install(target_dir: str | os.PathLike, artseg_command: str | None = None) ->
     Parameters
     ----------
     target_dir : path
-        ``Fiji.app`` (or the folder holding it) or an ImageJ 1.x folder (``ij.jar`` + ``plugins/``).
+        ``Fiji.app`` (or the folder holding it), an ImageJ 1.x folder, ImageJ's jar (Debian:
+        ``/usr/share/java/ij.jar``, installed for the user into ``~/.imagej/plugins``) or a user plugins
+        folder; see :func:`detect_layout`.
     artseg_command : str, optional
         Shell command the macro runs for the engine (quote paths with spaces); default
         :func:`default_artseg_command`.

@@ -20,13 +20,14 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from artseg_core.io.outputs import ROI_PREFIX, roi_name
+
 __all__ = ["find_ij_jar", "start_imagej1", "open_imageplus", "to_imageplus", "from_imageplus", "image_to_array",
            "mask_to_roi",
            "labels_to_rois", "mask_to_rois", "roi_to_mask", "add_to_overlay", "save_rois", "predict_imageplus",
            "run_fiji_script", "ROI_PREFIX"]
 
-#: name prefix of the ROIs made here; :func:`add_to_overlay` replaces earlier ones with it
-ROI_PREFIX = "artseg-"
+# ROI_PREFIX: name prefix of every ArtSeg ROI (shared with the ROI zip); add_to_overlay replaces earlier ones
 
 _IJ_JAR_CANDIDATES = ("/usr/share/java/ij.jar", "/usr/share/imagej/ij.jar")
 
@@ -261,7 +262,8 @@ def labels_to_rois(labels: np.ndarray, prefix: str = ROI_PREFIX, color: str | No
     labels : ndarray of int
         2-D label image: 0 background, 1..n objects (gaps allowed).
     prefix : str
-        ROI names are ``prefix + str(label)``.
+        ROI names are ``prefix`` + the label with at least 3 digits; with the default prefix exactly
+        :func:`artseg_core.io.outputs.roi_name` (``artifact-001``), the names of the ROI zip.
     color : str, optional
         Stroke colour (an ImageJ colour name or ``#rrggbb``).
 
@@ -289,7 +291,7 @@ def labels_to_rois(labels: np.ndarray, prefix: str = ROI_PREFIX, color: str | No
         if roi is None:
             continue
         roi.setLocation(float(roi.getXBase() + sl[1].start), float(roi.getYBase() + sl[0].start))
-        roi.setName(f"{prefix}{label}")
+        roi.setName(roi_name(label) if prefix == ROI_PREFIX else f"{prefix}{label:03d}")
         if colour is not None:
             roi.setStrokeColor(colour)
         rois.append(roi)
@@ -372,7 +374,7 @@ def save_rois(rois: Sequence, path: str | os.PathLike) -> Path:
         with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             used: set[str] = set()
             for i, roi in enumerate(rois):
-                name = str(roi.getName() or f"{ROI_PREFIX}{i + 1}")
+                name = str(roi.getName() or roi_name(i + 1))
                 entry, k = name, 1
                 while entry in used:
                     entry, k = f"{name}-{k}", k + 1

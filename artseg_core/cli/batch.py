@@ -45,6 +45,10 @@ def register(group: click.Group, cli) -> None:
                   help="Also process files in masks/, nuclei_masks/ and ArtSeg output folders inside PLATE.")
     @click.option("--allow-duplicates", is_flag=True,
                   help="Process two files for the same plate, well, field and channel (refused by default).")
+    @click.option("--loaddata", "loaddata", default=None, is_flag=False, flag_value="auto", metavar="[NAME=CH,...]",
+                  help="Also write OUT/loaddata.csv for CellProfiler's LoadData: every channel of each field plus "
+                       "its mask (image ArtifactMask). Name the channels, e.g. Brightfield=1,Nuclei=2 (default: "
+                       "Brightfield for the processed channel, Channel<id> for the others).")
     @predict_options
     @click.option("--pipeline", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
                   help="Run this CellProfiler pipeline over the plate instead (sharded by image sets).")
@@ -60,8 +64,8 @@ def register(group: click.Group, cli) -> None:
     @click.option("--quiet", is_flag=True, help="No progress bar.")
     @click.option("-v", "--verbose", count=True)
     def batch(plate, model_path, out, workers, scheduler, dask_mode, channel, name_regex, max_failures, retry_failed,
-              make_report, dry_run, overwrite, include_derived, allow_duplicates, pipeline, plugins_directory, shards,
-              input_dir, cp_exe, device, quiet, verbose, **kw):
+              make_report, dry_run, overwrite, include_derived, allow_duplicates, loaddata, pipeline,
+              plugins_directory, shards, input_dir, cp_exe, device, quiet, verbose, **kw):
         """Mask artifacts on a whole plate: PLATE is a folder (searched recursively), a glob, or a CSV manifest
         (a 'path' column, or a CellProfiler LoadData table).
 
@@ -81,6 +85,12 @@ def register(group: click.Group, cli) -> None:
 
         _setup_logging(verbose)
         cli._warnings_to_log()
+        from artseg_core.batch.loaddata import parse_channel_names, write_loaddata
+
+        try:
+            ld_names = parse_channel_names(loaddata)
+        except ValueError as e:
+            _fail(str(e))
         try:
             if pipeline is not None:
                 from artseg_core.batch.cpshard import run_pipeline_sharded
@@ -113,6 +123,14 @@ def register(group: click.Group, cli) -> None:
         click.echo(s.line())
         if s.report is not None:
             click.echo(f"report: {s.report}")
+        if loaddata is not None and not dry_run and s.exit_code in (0, 1):
+            try:
+                t = write_loaddata(out, plate, channel=channel, name_regex=name_regex, names=ld_names)
+            except (ManifestError, ValueError, FileNotFoundError) as e:
+                _fail(str(e))
+            click.echo(f"loaddata: {t.path} ({t.rows} fields; images {', '.join(t.names)})")
+            for note in t.left_out:
+                click.echo(f"note: left out of loaddata.csv: {note}", err=True)
         sys.exit(s.exit_code)
 
 

@@ -64,9 +64,12 @@ def main():
 @click.option("--epochs", type=int, default=None, help="Override the classifier epochs of the profile.")
 @click.option("--unet-steps", type=int, default=None,
               help="U-Net training steps, exactly (default: the profile's, more for large training sets).")
+@click.option("--pixel-size", type=click.FloatRange(0, min_open=True), default=None,
+              help="Pixel size of the training images in um, recorded in the model (default: from the images' "
+                   "TIFF/OME metadata when present); prediction warns about images that differ by > 20%.")
 @click.option("-v", "--verbose", count=True)
 def train(images, labels, clean, artifact, masks, out, profile, cam_mode, edge_refine, val_fraction, seed, device,
-          work_dir, restart, plane, epochs, unet_steps, verbose):
+          work_dir, restart, plane, epochs, unet_steps, pixel_size, verbose):
     """Train a model from image-level labels: IMAGES + labels.csv, or --clean DIR --artifact DIR."""
     from artseg_core.io.labels import LabelFileError
     from artseg_core.training.pipeline import train as train_fn
@@ -84,7 +87,7 @@ def train(images, labels, clean, artifact, masks, out, profile, cam_mode, edge_r
         model = train_fn(images, labels, clean=clean, artifact=artifact, masks=masks, profile=profile,
                          val_fraction=val_fraction, seed=seed, device=device, work_dir=work_dir, progress=True,
                          cam_mode=cam_mode, edge_refine=edge_refine, plane=plane, cls_epochs=epochs,
-                         unet_steps=unet_steps, restart=restart)
+                         unet_steps=unet_steps, restart=restart, pixel_size=pixel_size)
     except (LabelFileError, ValueError) as e:
         _fail(str(e))
     model.save(out)
@@ -93,6 +96,9 @@ def train(images, labels, clean, artifact, masks, out, profile, cam_mode, edge_r
     click.echo(f"  images: {s['n_images']} ({s['n_artifact']} artifact), validation: {s['n_val']}")
     click.echo(f"  validation classifier: {json.dumps(s['classifier']['val_metrics'])}")
     click.echo(f"  thresholds: {json.dumps(model.thresholds)}")
+    px = (f"{model.pixel_size:g} um (recorded in the model)" if model.pixel_size
+          else "unknown (give --pixel-size to record it)")
+    click.echo(f"  pixel size: {px}")
     click.echo(f"  time: {s['seconds']['total']} s")
 
 
@@ -108,7 +114,8 @@ def predict_options(f):
         click.option("--objects", is_flag=True, help="Write <name>_objects.csv (one row per artifact)."),
         click.option("--plane", type=int, default=None, help="Plane to read from multi-page TIFFs."),
         click.option("--gate/--no-gate", default=True, show_default=True,
-                     help="Skip the U-Net on images the classifier finds confidently clean."),
+                     help="The classifier decides: images it calls clean are not segmented (empty mask). "
+                          "--no-gate segments every image; a non-empty mask then flags the image."),
         click.option("--threshold", type=click.FloatRange(0, 1), default=None,
                      help="U-Net probability threshold (default: the model's calibrated value)."),
         click.option("--min-size", type=click.IntRange(0), default=None,
@@ -117,6 +124,9 @@ def predict_options(f):
                      help="Minimum artifact area in um^2 (needs --pixel-size or TIFF metadata)."),
         click.option("--pixel-size", type=click.FloatRange(0, min_open=True), default=None,
                      help="Pixel size in um (default: from the file's metadata)."),
+        click.option("--rescale", is_flag=True,
+                     help="Resample each image to the model's pixel size for the networks and map the mask back "
+                          "(needs both pixel sizes; without it a mismatch > 20% only warns)."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -124,12 +134,12 @@ def predict_options(f):
 
 
 def make_predict_options(mask, prob, roi, cleaned, overlay, objects, plane, gate, threshold, min_size, min_size_um,
-                         pixel_size):
+                         pixel_size, rescale=False):
     from artseg_core.predict.files import PredictOptions
 
     return PredictOptions(mask=mask, prob=prob, roi=roi, cleaned=cleaned, overlay=overlay, objects=objects,
                           plane=plane, gate=gate, threshold=threshold, min_size=min_size, min_size_um=min_size_um,
-                          pixel_size=pixel_size)
+                          pixel_size=pixel_size, rescale=rescale)
 
 
 def _load(model_path, device):
@@ -274,6 +284,7 @@ def info(model_path):
     except ModelFileError as e:
         _fail(str(e))
     manifest["n_arrays"] = len(arrays)
+    manifest.setdefault("pixel_size_um", None)  # models written before ArtSeg recorded it
     click.echo(json.dumps(manifest, indent=2))
 
 
@@ -289,7 +300,8 @@ _register_batch(main, sys.modules[__name__])
 @click.option("--artseg-command", default=None,
               help="Command ImageJ runs for the engine (default: this environment's artseg, absolute path).")
 def fiji_install(target, artseg_command):
-    """Install Plugins > ArtSeg > Mask Artifacts into a Fiji.app or ImageJ 1.x folder (README, "ImageJ and Fiji")."""
+    """Install Plugins > ArtSeg > Mask Artifacts into a Fiji.app or ImageJ 1.x folder, or for a distribution's
+    ImageJ (Debian: /usr/share/java/ij.jar) into ~/.imagej/plugins (README, "ImageJ and Fiji")."""
     from artseg_core.bridges.fiji_install import FijiInstallError, install
 
     try:
@@ -298,6 +310,13 @@ def fiji_install(target, artseg_command):
         _fail(str(e))
     for p in written:
         click.echo(f"wrote {p}")
+    from artseg_core.bridges.fiji_install import user_imagej_dir
+
+    if written and written[0].is_relative_to(user_imagej_dir()) and not Path(target).expanduser().resolve() \
+            .is_relative_to(user_imagej_dir().resolve()):
+        click.echo(f"{target} has no plugins folder of its own: installed for you into {user_imagej_dir()}/plugins, "
+                   f"which Debian's 'imagej' launcher reads (with plain java: java -jar ij.jar -ijpath "
+                   f"{user_imagej_dir()}).")
     click.echo("Restart ImageJ/Fiji: the command is Plugins > ArtSeg > Mask Artifacts.")
 
 

@@ -4,6 +4,8 @@ Conventions used throughout ArtSeg:
 
 * foreground objects are 8-connected (``connectivity=2``), holes (background) 4-connected, the
   usual dual pair, so a diagonal chain of pixels is one object and does not enclose a hole;
+* a *hole* is background enclosed by the mask, or enclosed by a single object against the image
+  border (the interior of a bubble the border cuts; :func:`fill_small_holes`);
 * a *minimum size* is always an **area**: ``min_size`` in pixels, ``min_size_um2`` in µm²
   (the CLI's ``--min-size`` and ``--min-size-um``); an object is kept when its area (holes filled
   first, when hole filling is on) is ``>= min_size``;
@@ -26,6 +28,11 @@ __all__ = ["clean_mask", "min_size_pixels", "label_objects", "object_table", "re
 
 _EIGHT = np.ones((3, 3), dtype=bool)
 _FOUR = ndi.generate_binary_structure(2, 1)
+#: A background region touching the border is a bubble interior when at least this fraction of its pixels next to
+#: an object lie inside that object's convex hull (the inner, concave side of a ring or an arc).
+_CONCAVE = 0.5
+#: ... and at most this many objects border it (a cut bubble is one ring or a few arcs of it)
+_MAX_AROUND = 4
 
 
 def _check_2d(arr: np.ndarray, what: str) -> np.ndarray:
@@ -121,8 +128,8 @@ def remove_small_objects(mask: np.ndarray, min_size: int) -> np.ndarray:
     return out
 
 
-def fill_small_holes(mask: np.ndarray, max_hole: int | None = None) -> np.ndarray:
-    """Fill holes (4-connected background regions not touching the image border).
+def fill_small_holes(mask: np.ndarray, max_hole: int | None = None, border_holes: bool = True) -> np.ndarray:
+    """Fill holes: background regions enclosed by the mask, or by one object against the image border.
 
     Parameters
     ----------
@@ -130,11 +137,24 @@ def fill_small_holes(mask: np.ndarray, max_hole: int | None = None) -> np.ndarra
         2-D mask.
     max_hole : int, optional
         Fill only holes with at most this many pixels; None fills all holes.
+    border_holes : bool
+        Also fill a background region that touches the image border when it is cut off from the rest of the
+        background by objects and lies on their inner side (at most 4 objects border it and at least half of
+        its pixels next to an object lie inside that object's convex hull): the interior of an air bubble (a
+        ring, possibly broken into arcs) that the image border cuts. The field's own background (more than half
+        the image), the outside of an arc, a strip between two straight fibres or a corner cut off by a straight
+        fibre are never filled.
 
     Returns
     -------
     ndarray of bool
         New mask with holes filled.
+
+    Notes
+    -----
+    Background regions are 4-connected, objects 8-connected (the usual dual pair). A region on the concave side
+    of a curved object (a bent fibre around a corner) also meets the border rule and is filled: the mask alone
+    cannot tell it from a bubble; pass ``border_holes=False`` to fill only closed holes.
     """
     mask = _check_2d(mask, "mask").astype(bool, copy=False)
     if max_hole is not None and max_hole < 1:
@@ -147,20 +167,61 @@ def fill_small_holes(mask: np.ndarray, max_hole: int | None = None) -> np.ndarra
         return mask.copy()
     hole = np.ones(n + 1, dtype=bool)
     hole[0] = False
+    on_border = np.zeros(n + 1, dtype=bool)
     for edge in (bg[0], bg[-1], bg[:, 0], bg[:, -1]):
-        hole[edge] = False
+        on_border[edge] = True
+    hole &= ~on_border
+    counts = _bincount(bg, n) if (max_hole is not None or border_holes) else None
     if max_hole is not None:
-        hole &= _bincount(bg, n) <= max_hole
-    if not hole.any():
-        return mask.copy()
-    out = hole[bg]
+        hole &= counts <= max_hole
+    candidates = []
+    if border_holes:
+        ok = on_border.copy()
+        ok[0] = False
+        ok &= counts <= mask.size // 2  # the field's own background is never a candidate
+        if max_hole is not None:
+            ok &= counts <= max_hole
+        if ok.any():
+            for idx, sl in enumerate(ndi.find_objects(bg), start=1):
+                if sl is None or not ok[idx]:
+                    continue
+                grown = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, dim)) for s, dim in zip(sl, mask.shape))
+                candidates.append((sl, grown, bg[grown] == idx))
+    out = hole[bg] if hole.any() else np.zeros(mask.shape, dtype=bool)
     del bg
+    if candidates:
+        from skimage.morphology import convex_hull_image
+
+        objects = label_objects(mask)
+        boxes = ndi.find_objects(objects)
+        hulls: dict[int, np.ndarray] = {}
+        for _sl, grown, region in candidates:
+            # region pixels next to an object, and which of them lie inside the convex hull of that object
+            edge = region & ndi.binary_dilation(mask[grown], structure=_FOUR)
+            touching = np.unique(objects[grown][ndi.binary_dilation(region, structure=_FOUR) & ~region])
+            touching = touching[touching > 0].tolist()
+            if not touching or len(touching) > _MAX_AROUND:
+                continue
+            covered = np.zeros(region.shape, dtype=bool)
+            for lab in touching:
+                box = boxes[lab - 1]
+                if lab not in hulls:
+                    hulls[lab] = convex_hull_image(objects[box] == lab)
+                inter = tuple(slice(max(g.start, b.start), min(g.stop, b.stop)) for g, b in zip(grown, box))
+                if all(i.start < i.stop for i in inter):
+                    dst = tuple(slice(i.start - g.start, i.stop - g.start) for i, g in zip(inter, grown))
+                    src = tuple(slice(i.start - b.start, i.stop - b.start) for i, b in zip(inter, box))
+                    covered[dst] |= hulls[lab][src]
+            # enclosed: the region lies on the concave (inner) side of the objects around it
+            n_edge = int(edge.sum())
+            if n_edge and (edge & covered).sum() >= _CONCAVE * n_edge:
+                out[grown] |= region
     out |= mask
     return out
 
 
 def clean_mask(prob: np.ndarray, threshold: float = 0.5, min_size: int = 0, fill_holes: bool = True,
-               max_hole: int | None = None) -> np.ndarray:
+               max_hole: int | None = None, border_holes: bool = True) -> np.ndarray:
     """Threshold a probability map, fill holes and remove small objects.
 
     Parameters
@@ -177,6 +238,9 @@ def clean_mask(prob: np.ndarray, threshold: float = 0.5, min_size: int = 0, fill
         Fill holes inside objects.
     max_hole : int, optional
         With ``fill_holes``, fill only holes of at most this many pixels (None: all).
+    border_holes : bool
+        With ``fill_holes``, also fill regions one object encloses against the image border (bubbles cut by
+        the border); see :func:`fill_small_holes`.
 
     Returns
     -------
@@ -191,7 +255,7 @@ def clean_mask(prob: np.ndarray, threshold: float = 0.5, min_size: int = 0, fill
             raise ValueError(f"threshold must be finite, got {threshold}")
         mask = prob >= threshold
     if fill_holes:
-        mask = fill_small_holes(mask, max_hole)
+        mask = fill_small_holes(mask, max_hole, border_holes=border_holes)
     if min_size is not None and min_size > 1:
         mask = remove_small_objects(mask, int(min_size))
     return mask

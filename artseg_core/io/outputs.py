@@ -24,14 +24,21 @@ from scipy import ndimage as ndi
 from artseg_core.io.files import atomic_write, write_png, write_tiff
 
 __all__ = ["trace_outline", "outline_polygons", "write_roi_zip", "overlay_rgb", "write_overlay_png",
-           "write_mask_tiff", "write_prob_tiff", "write_cleaned", "roi_name"]
+           "write_mask_tiff", "write_prob_tiff", "write_cleaned", "roi_name", "ROI_PREFIX"]
 
 _IMAGEJ_DTYPES = (np.uint8, np.uint16, np.int16, np.float32)
 
 
+#: every ROI ArtSeg writes (ROI zip, ImageJ/Fiji overlay, ROI Manager) is named ``ROI_PREFIX`` + label
+ROI_PREFIX = "artifact-"
+
+
 def roi_name(label: int) -> str:
-    """The ROI name of an object label: ``artifact-001`` (3 digits at least, label numbers kept)."""
-    return f"artifact-{int(label):03d}"
+    """The ROI name of an object label: ``artifact-001`` (3 digits at least, label numbers kept).
+
+    The same name in the ROI zip, the ImageJ/Fiji overlay and the object table's ``label`` column.
+    """
+    return f"{ROI_PREFIX}{int(label):03d}"
 
 
 def _boundary_edges(labels: np.ndarray, block_pixels: int = 1 << 22):

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import logging
+import math
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,28 @@ from artseg_core.nets.profiles import Profile
 
 #: Default thresholds used before calibration (and documented in the README).
 DEFAULT_THRESHOLDS = {"classifier": 0.5, "gate": 0.1, "unet": 0.5, "min_size": 16}
+#: an image whose pixel size differs from the model's by more than this fraction gets a warning
+PIXEL_SIZE_TOLERANCE = 0.2
+
+log = logging.getLogger(__name__)
+
+
+def pixel_size_from_files(paths, limit: int = 8) -> float | None:
+    """The pixel size (um/pixel) recorded in image files' metadata (ImageJ, OME or TIFF resolution), or None.
+
+    Reads the metadata of up to ``limit`` files; returns their median when at least one has a pixel size.
+    """
+    from artseg_core.io.images import read_image_with_meta
+
+    found = []
+    for p in list(paths)[:limit]:
+        try:
+            _, meta = read_image_with_meta(p, allow_constant=True)
+        except Exception:  # unreadable files are reported by training itself
+            continue
+        if meta.get("pixel_size_um"):
+            found.append(float(meta["pixel_size_um"]))
+    return float(np.median(found)) if found else None
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -45,11 +69,17 @@ def resolve_device(device: str = "auto") -> str:
 
 @dataclass
 class Result:
-    """What :meth:`ArtifactModel.predict` returns for one image."""
+    """What :meth:`ArtifactModel.predict` returns for one image.
+
+    One answer per image: ``flagged`` is True for every image whose ``mask`` is non-empty, so filtering on
+    ``flagged`` (CSV column ``flagged``, CellProfiler ``MaskArtifacts_Flagged``) never keeps an image that carries
+    an artifact mask, and an image reported clean always has an empty mask. A flagged image may still have an
+    empty mask (the classifier found an artifact, the U-Net no region above the minimum size).
+    """
 
     p_artifact: float
-    flagged: bool
-    segmented: bool                     # False when the classifier gate skipped the U-Net
+    flagged: bool                       # True whenever the mask is non-empty (one answer per image)
+    segmented: bool                     # False when the classifier judged the image clean and the U-Net was skipped
     prob: np.ndarray | None             # float32 HxW, or None when gated out
     mask: np.ndarray                    # bool HxW
     labels: np.ndarray                  # int32 HxW, connected components of mask
@@ -92,11 +122,14 @@ class ArtifactModel:
         From :func:`artseg_core.quality.fit_quality_thresholds` on clean training images.
     summary : dict
         Training summary (counts, validation metrics, timings).
+    pixel_size : float, optional
+        Pixel size (um/pixel) of the training images, recorded in the model file (``pixel_size_um``); None when
+        unknown (models trained without ``--pixel-size`` or metadata, and files written before ArtSeg 0.2.1).
     """
 
     def __init__(self, profile: Profile, classifier, unet, thresholds: dict | None = None,
                  quality_thresholds: dict | None = None, summary: dict | None = None, device: str = "cpu",
-                 precision: str = "fp32"):
+                 precision: str = "fp32", pixel_size: float | None = None):
         self.profile = profile
         self.classifier = classifier.eval()
         self.unet = unet.eval()
@@ -104,6 +137,8 @@ class ArtifactModel:
         self.quality_thresholds = dict(quality_thresholds or {})
         self.summary = dict(summary or {})
         self.precision = precision
+        self.pixel_size = None if pixel_size is None else _check_pixel_size(pixel_size, "the model's pixel size")
+        self._warned_sizes: set = set()
         self.device = "cpu"
         self.to(device)
 
@@ -168,7 +203,7 @@ class ArtifactModel:
 
     def predict(self, image: np.ndarray, gate: bool = True, threshold: float | None = None,
                 min_size: int | None = None, pixel_size: float | None = None, min_size_um: float | None = None,
-                fill: str | None = None, fill_holes: bool = True, seed: int = 0) -> Result:
+                fill: str | None = None, fill_holes: bool = True, seed: int = 0, rescale: bool = False) -> Result:
         """Find and mask artifacts in one 2-D image.
 
         Parameters
@@ -176,7 +211,13 @@ class ArtifactModel:
         image : ndarray (H, W)
             Raw image of any numeric dtype and size; it is normalised here (percentiles).
         gate : bool
-            Skip the U-Net when the classifier is confidently clean (p_artifact < the calibrated gate).
+            True (default): the classifier decides. An image whose ``p_artifact`` is below the calibrated
+            classifier threshold is clean: the U-Net is skipped and the mask is empty. Only flagged images are
+            segmented. False: every image is segmented, and an image is flagged when the classifier flags it
+            or its mask is non-empty. Either way a non-empty mask implies ``flagged``.
+
+            Up to ArtSeg 0.2.0 the U-Net ran above the lower calibrated ``gate`` threshold, so unflagged images
+            could carry a mask; that threshold is still stored in the model file but no longer used here.
         threshold : float, optional
             U-Net probability threshold; None = calibrated value.
         min_size : int, optional
@@ -185,12 +226,22 @@ class ArtifactModel:
             Pixel size in um and a minimum artifact area in um^2 (converted to pixels).
         fill : {None, "median", "background"}
             Also return an image with artifact pixels filled (:func:`artseg_core.inpaint.fill_artifacts`).
+        rescale : bool
+            When the model and the image both have a pixel size and they differ, resample the image to the
+            model's pixel size for the networks and map the probability map back to the image's pixels (the
+            mask, objects, areas and QC scores are then those of the image as given). Without it, an image
+            whose pixel size differs by more than 20 % from the model's is segmented as is, with a warning.
         """
         from artseg_core.imgproc.inpaint import fill_artifacts
 
         image = np.asarray(image)
         if image.ndim != 2:
             raise ValueError(f"predict expects a 2-D image, got shape {image.shape}")
+        factor = self._scale_factor(pixel_size, rescale)
+        if factor is not None:
+            return self._predict_rescaled(image, factor, gate=gate, threshold=threshold, min_size=min_size,
+                                          pixel_size=pixel_size, min_size_um=min_size_um, fill=fill,
+                                          fill_holes=fill_holes, seed=seed)
         # Memory: the normalised float32 image (4 bytes/px) lives only while the classifier runs; the U-Net
         # normalises tile by tile with the same offset/scale (identical values to io.normalize).
         lo, scale = normalize_range(image)
@@ -200,7 +251,7 @@ class ArtifactModel:
         flagged = p >= self.thresholds["classifier"]
         quality = quality_scores(image)
         quality.update(quality_flags(quality, self.quality_thresholds))
-        run_unet = (not gate) or p >= self.thresholds["gate"]
+        run_unet = (not gate) or flagged
         thr = self.thresholds["unet"] if threshold is None else float(threshold)
         if min_size_um is not None:
             ms = min_size_pixels(min_size_um2=min_size_um, pixel_size=pixel_size)
@@ -212,10 +263,62 @@ class ArtifactModel:
         else:
             prob = None
             mask = np.zeros(image.shape, bool)
+        flagged = bool(flagged) or bool(mask.any())  # one answer per image: a mask is never left unflagged
         labels = label_objects(mask)
         objects = object_table(labels, prob=prob, pixel_size=pixel_size)
         cleaned = fill_artifacts(image, mask, method=fill, seed=seed) if fill else None
         return Result(p_artifact=p, flagged=bool(flagged), segmented=bool(run_unet), prob=prob, mask=mask,
+                      labels=labels, objects=objects, quality=quality, cleaned=cleaned)
+
+    def _scale_factor(self, pixel_size: float | None, rescale: bool) -> float | None:
+        """image px / model px when the networks should see a resampled image; warns about a mismatch."""
+        if pixel_size is None or self.pixel_size is None:
+            return None
+        px = _check_pixel_size(pixel_size, "pixel_size")
+        ratio = px / self.pixel_size
+        if abs(ratio - 1.0) <= 1e-9:
+            return None
+        if rescale:
+            return ratio
+        if abs(ratio - 1.0) > PIXEL_SIZE_TOLERANCE and px not in self._warned_sizes:
+            self._warned_sizes.add(px)
+            log.warning("image pixel size %.4g um differs from the model's %.4g um (trained at that size) by "
+                        "%.0f %%: artifacts look %.2fx their trained size; use --rescale (predict(..., "
+                        "rescale=True)) to resample to the model's pixel size", px, self.pixel_size,
+                        100 * abs(ratio - 1.0), ratio)
+        return None
+
+    def _predict_rescaled(self, image: np.ndarray, factor: float, **kw) -> Result:
+        """:meth:`predict` with the networks run on ``image`` resampled by ``factor`` (image px / model px)."""
+        from scipy import ndimage as ndi
+
+        from artseg_core.imgproc.inpaint import fill_artifacts
+
+        shape = image.shape
+        small = tuple(max(8, int(round(n * factor))) for n in shape)
+        zoomed = ndi.zoom(image.astype(np.float32, copy=False), [a / b for a, b in zip(small, shape)], order=1,
+                          grid_mode=True, mode="nearest")
+        gate, fill, seed = kw.pop("gate"), kw.pop("fill"), kw.pop("seed")
+        pixel_size, min_size_um = kw.pop("pixel_size"), kw.pop("min_size_um")
+        r = self.predict(zoomed, gate=gate, threshold=kw["threshold"], min_size=0, fill=None, fill_holes=False)
+        thr = self.thresholds["unet"] if kw["threshold"] is None else float(kw["threshold"])
+        if min_size_um is not None:
+            ms = min_size_pixels(min_size_um2=min_size_um, pixel_size=pixel_size)
+        else:
+            ms = int(self.thresholds["min_size"] if kw["min_size"] is None else kw["min_size"])
+        quality = quality_scores(image)
+        quality.update(quality_flags(quality, self.quality_thresholds))
+        if r.prob is not None:
+            prob = ndi.zoom(r.prob, [a / b for a, b in zip(shape, r.prob.shape)], order=1, grid_mode=True,
+                            mode="nearest").astype(np.float32)
+            mask = clean_mask(prob, threshold=thr, min_size=ms, fill_holes=kw["fill_holes"])
+        else:
+            prob, mask = None, np.zeros(shape, bool)
+        flagged = r.p_artifact >= self.thresholds["classifier"] or bool(mask.any())
+        labels = label_objects(mask)
+        objects = object_table(labels, prob=prob, pixel_size=pixel_size)
+        cleaned = fill_artifacts(image, mask, method=fill, seed=seed) if fill else None
+        return Result(p_artifact=r.p_artifact, flagged=flagged, segmented=r.segmented, prob=prob, mask=mask,
                       labels=labels, objects=objects, quality=quality, cleaned=cleaned)
 
     # ----------------------------------------------------------------- persistence
@@ -228,6 +331,7 @@ class ArtifactModel:
             "profile": self.profile.to_dict(),
             "thresholds": self.thresholds,
             "quality_thresholds": self.quality_thresholds,
+            "pixel_size_um": self.pixel_size,
             "summary": self.summary,
             "versions": {"artseg": __version__, "torch": torch.__version__, "numpy": np.__version__,
                          "python": platform.python_version()},
@@ -261,6 +365,16 @@ def load_model(path, device: str = "auto", precision: str = "fp32") -> ArtifactM
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise ModelFileError(path, f"weights do not match the stored configuration ({str(e).splitlines()[0]})") \
             from None
+    px = manifest.get("pixel_size_um")
+    if px is not None and not (isinstance(px, (int, float)) and math.isfinite(px) and px > 0):
+        raise ModelFileError(path, f"pixel_size_um must be a positive number of um/pixel, got {px!r}")
     return ArtifactModel(profile, cls, unet, thresholds=manifest.get("thresholds"),
                          quality_thresholds=manifest.get("quality_thresholds"), summary=manifest.get("summary"),
-                         device=device, precision=precision)
+                         device=device, precision=precision, pixel_size=px)
+
+
+def _check_pixel_size(value, what: str) -> float:
+    v = float(value)
+    if not (math.isfinite(v) and v > 0):
+        raise ValueError(f"{what} must be a positive number of um/pixel, got {value!r}")
+    return v

@@ -21,7 +21,7 @@ from artseg_core.io.labels import Sample, load_labeled_set
 from artseg_core.io.images import ImageReadError, read_image
 from artseg_core.imgproc.normalize import normalize
 from artseg_core.evaluation.metrics import image_metrics, pixel_metrics
-from artseg_core.predict.model import DEFAULT_THRESHOLDS, ArtifactModel, resolve_device
+from artseg_core.predict.model import DEFAULT_THRESHOLDS, ArtifactModel, pixel_size_from_files, resolve_device
 from artseg_core.nets.profiles import get_profile, unet_training_steps
 from artseg_core.imgproc.quality import fit_quality_thresholds, quality_scores
 from artseg_core.training.checkpoint import check_work_dir
@@ -73,7 +73,8 @@ def best_classifier_threshold(y: np.ndarray, p: np.ndarray) -> float:
 def train(images=None, labels=None, *, clean=None, artifact=None, masks=None, profile="fast",
           val_fraction: float = 0.2, seed: int = 0, device: str = "auto", work_dir=None, progress: bool = True,
           cam_mode: str | None = None, edge_refine: bool | None = None, use_masks_for_training: bool = True,
-          plane: int | None = None, restart: bool = False, **overrides) -> ArtifactModel:
+          plane: int | None = None, restart: bool = False, pixel_size: float | None = None,
+          **overrides) -> ArtifactModel:
     """Train an artifact model from image-level labels.
 
     Parameters
@@ -98,6 +99,9 @@ def train(images=None, labels=None, *, clean=None, artifact=None, masks=None, pr
         configuration only (else :class:`~artseg_core.training.checkpoint.CheckpointError` says what differs).
     restart : bool
         Discard the checkpoints in ``work_dir`` and train from scratch.
+    pixel_size : float, optional
+        Pixel size of the training images in um/pixel, recorded in the model (``pixel_size_um``); default: read
+        from the images' metadata (ImageJ, OME or TIFF resolution) when they carry one.
 
     Returns
     -------
@@ -220,7 +224,9 @@ def train(images=None, labels=None, *, clean=None, artifact=None, masks=None, pr
     t_unet = time.perf_counter() - t3
 
     # ---- 4. calibration on validation
-    model = ArtifactModel(prof, cls, unet, thresholds={"classifier": cls_thr, "gate": gate}, device=dev)
+    model = ArtifactModel(prof, cls, unet, thresholds={"classifier": cls_thr, "gate": gate}, device=dev,
+                          pixel_size=pixel_size if pixel_size is not None
+                          else pixel_size_from_files([s.path for s in samples]))
     from artseg_core.imgproc.postprocess import clean_mask
 
     cal_idx = [int(i) for i in (va if len(va) else tr) if int(i) in true_masks or y[i] == 0]

@@ -88,7 +88,7 @@ def test_report_references_valid_files(run_dir):
                 assert im.size[0] > 50 and im.size[1] > 50
     # counts on the page are the table's
     flagged = sum(r["flagged"] == "True" for r in rows if r["status"] == "ok")
-    assert 'id="count-failed">1<' in html and f'id="count-flagged_classifier_">{flagged}<' in html
+    assert 'id="count-failed">1<' in html and f'id="count-flagged_artifacts_">{flagged}<' in html
     assert "phantom_B03_s9_w1.tif" in html  # the failed image is listed with its error
     settings = json.loads((run_dir / "batch.json").read_text())
     assert settings["model_sha256"] in html
@@ -113,7 +113,8 @@ def test_report_command_rebuilds_from_journal(run_dir, tmp_path):
 
 def test_plate_shapes():
     assert plate_shape(2, 3) == (2, 3) and plate_shape(3, 5) == (4, 6) and plate_shape(8, 12) == (8, 12)
-    assert plate_shape(9, 2) == (16, 24) and plate_shape(32, 48) == (32, 48) and plate_shape(40, 2) == (40, 2)
+    assert plate_shape(9, 2) == (9, 2) and plate_shape(32, 48) == (32, 48) and plate_shape(40, 2) == (40, 2)
+    assert plate_shape(2, 6) == (2, 6) and plate_shape(4, 6) == (4, 6) and plate_shape(7, 12) == (8, 12)
 
 
 def test_report_renders_in_headless_chromium(run_dir, tmp_path):
@@ -150,3 +151,41 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
     assert not bad, f"images that did not load in the browser: {bad}"
     heat = [w for src, _, w in imgs if "heatmap_area" in src]
     assert heat and heat[0] > 100
+
+
+def test_figures_show_what_they_claim():
+    """The report's figures, checked on their matplotlib objects: thresholds inside the axes and named, a few
+    labels on the log focus axis, a constant score said in words, integer ticks for counts, a 2 x 6 plate drawn
+    2 x 6."""
+    from artseg_core.batch.report import distribution_figure, heatmap_figure
+
+    rng = np.random.default_rng(0)
+    rows = [{"status": "ok", "p_artifact": p, "focus": f, "illumination": i, "saturation": 0.0}
+            for p, f, i in zip(rng.random(30), 10 ** rng.uniform(-3.2, -2.9, 30), rng.uniform(0.01, 0.05, 30))]
+    settings = {"model_thresholds": {"classifier": 0.45, "gate": 0.11},
+                "quality_thresholds": {"focus_min": 2e-4, "illumination_max": 0.3, "saturation_max": 0.002}}
+    fig = distribution_figure(rows, settings)
+    fig.canvas.draw()
+    axes = fig.axes
+    for ax, t in zip(axes, (0.45, 2e-4, 0.3, 0.002)):
+        lo, hi = ax.get_xlim()
+        assert lo < t < hi, (ax.get_title(), t, lo, hi)
+        labels = [x.get_text() for x in ax.get_legend().get_texts()]
+        assert any(lab.startswith(("flag", "focus_min", "illumination_max", "saturation_max")) for lab in labels)
+    focus = axes[1]
+    shown = [tk for tk in focus.get_xticklabels() if tk.get_text() and focus.get_xlim()[0] <= tk.get_position()[0]
+             <= focus.get_xlim()[1]]
+    assert 1 <= len(shown) <= 6 and not any(t.get_text() for t in focus.get_xticklabels(minor=True))
+    boxes = [t.get_window_extent() for t in shown]
+    assert all(a.x1 <= b.x0 for a, b in zip(boxes, boxes[1:])), "focus tick labels overlap"
+    assert any("all 30 fields = 0" in t.get_text() for t in axes[3].texts)
+    assert not any("gate" in t.get_text() for ax in axes for t in ax.get_legend().get_texts())
+
+    wells = [{"row": r, "col": c, "flagged_fields": (r + c) % 3, "fields": 2} for r in (1, 2) for c in range(1, 7)]
+    fig = heatmap_figure(wells, lambda w: float(w["flagged_fields"]), "t", "flagged fields", vmax=2.0,
+                         cmap="viridis", counts=True)
+    fig.canvas.draw()
+    image = fig.axes[0].images[0]
+    assert image.get_array().shape == (2, 6)
+    ticks = [t for t in fig.axes[1].get_yticks() if 0 <= t <= 2]
+    assert ticks and all(float(t).is_integer() for t in ticks)

@@ -70,7 +70,7 @@ def test_fiji_recognised_by_launcher(tmp_path):
     assert detect_layout(fiji)[0] == "fiji"
 
 
-def test_refuses_other_folders(tmp_path):
+def test_refuses_other_folders(tmp_path, monkeypatch):
     other = tmp_path / "Documents"
     other.mkdir()
     with pytest.raises(FijiInstallError, match="neither a Fiji folder.*nor an ImageJ 1.x folder") as e:
@@ -79,11 +79,41 @@ def test_refuses_other_folders(tmp_path):
     assert not any(other.iterdir())  # nothing written
     with pytest.raises(FijiInstallError, match="no such folder"):
         install(tmp_path / "missing")
-    half = tmp_path / "half"
-    half.mkdir()
-    (half / "ij.jar").write_bytes(b"")
-    with pytest.raises(FijiInstallError, match="no plugins/ folder"):
-        install(half)
+
+
+def test_imagej_without_plugins_folder_installs_for_the_user(tmp_path, monkeypatch):
+    """A distribution's ImageJ (ij.jar with no plugins/ beside it, e.g. Debian's /usr/share/java): the user's
+    ~/.imagej/plugins, which Debian's `imagej` launcher reads (-ijpath ~/.imagej)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    shared = tmp_path / "usr_share_java"
+    shared.mkdir()
+    (shared / "ij-1.53t.jar").write_bytes(b"PK\x05\x06" + b"\x00" * 18)
+    (shared / "ij.jar").symlink_to(shared / "ij-1.53t.jar")
+    for target in (shared, shared / "ij.jar"):
+        assert detect_layout(target) == ("imagej", home / ".imagej")
+    written = install(shared / "ij.jar", artseg_command="/x/artseg")
+    dest = home / ".imagej" / "plugins" / "ArtSeg"
+    assert written == [dest / "Mask_Artifacts.ijm", dest / COMMAND_FILE]
+    assert not (shared / "plugins").exists()
+    # the user folder itself, and a plugins folder, are accepted too
+    assert detect_layout(home / ".imagej") == ("imagej", (home / ".imagej").resolve())
+    assert detect_layout(home / ".imagej" / "plugins") == ("imagej", (home / ".imagej").resolve())
+
+
+def test_cli_names_the_user_plugins_folder(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from artseg_core.cli.main import main
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    jar_dir = tmp_path / "java"
+    jar_dir.mkdir()
+    (jar_dir / "ij.jar").write_bytes(b"PK\x05\x06" + b"\x00" * 18)
+    res = CliRunner().invoke(main, ["fiji-install", str(jar_dir / "ij.jar"), "--artseg-command", "/x/artseg"])
+    assert res.exit_code == 0, res.output
+    assert f"installed for you into {tmp_path / '.imagej'}/plugins" in res.output
 
 
 def test_rejects_multiline_or_empty_command(tmp_path):

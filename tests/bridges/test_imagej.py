@@ -164,8 +164,16 @@ def test_macro_one_file_measures_and_outlines(runner_cp, artseg_cmd, images, tra
     assert len(rows) == 1 and rows[0]["image"] == str(img)
     n = check_measurements(rows[0], img)
     assert n > 0, "the test needs artifact objects; the tiny model found none at threshold 0.25"
-    # the annotated TIFF carries the overlay: one ROI per artifact object
+    # the annotated TIFF carries the overlay: one ROI per artifact object, named as in the ROI zip and the
+    # engine's object table (artifact-001, ...)
     assert overlay_count(out / "field_a_artseg.tif") == n
+    import roifile
+
+    overlay_names = [r.name for r in roifile.roiread(out / "field_a_artseg.tif")]
+    zips = list(out.glob("*_rois.zip"))
+    assert overlay_names == [f"artifact-{k:03d}" for k in range(1, n + 1)]
+    if zips:
+        assert [r.name for r in roifile.roiread(zips[0])] == overlay_names
     # the engine's own CSV is next to it, and agrees
     engine = read_rows(out / "artseg_results.csv")
     assert engine[0]["status"] == "ok" and int(engine[0]["n_objects"]) == n
@@ -234,6 +242,27 @@ def test_menu_command_after_fiji_install(runner_cp, images, trained_model_path, 
     assert proc.returncode == 2, _out(proc)
     assert "ArtSeg failed: the ArtSeg engine failed" in proc.stdout and str(bad) in proc.stdout
     assert elapsed < TIMEOUT - 30
+
+
+def test_menu_command_in_debian_imagej_after_fiji_install(runner_cp, images, trained_model_path, tmp_path):
+    """Debian's ImageJ as installed (ij.jar in /usr/share/java, no plugins/ beside it): `artseg fiji-install
+    /usr/share/java/ij.jar` installs into ~/.imagej/plugins, the folder Debian's `imagej` launcher passes as
+    -ijpath; ImageJ started that way finds run("Mask Artifacts", ...)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "artseg_core.cli", "fiji-install", str(IJ_JAR)],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": str(home)})
+    assert proc.returncode == 0, _out(proc)
+    assert f"installed for you into {home / '.imagej'}/plugins" in proc.stdout
+    assert (home / ".imagej" / "plugins" / "ArtSeg" / "Mask_Artifacts.ijm").is_file()
+    out = tmp_path / "out"
+    img = images / "field_a.tif"
+    caller = (f'run("Mask Artifacts", "model=[{trained_model_path}] input=[{img}] output=[{out}] {ENGINE_OPTS}");'
+              'print("STATUS " + call("java.lang.System.getProperty", "artseg.status"));')
+    proc, _ = run_macro(runner_cp, "-e", caller, plugins_dir=home / ".imagej", home=home)
+    assert proc.returncode == 0, _out(proc)
+    assert "STATUS ok" in proc.stdout, _out(proc)
+    check_measurements(read_rows(out / "artseg_imagej.csv")[0], img)
 
 
 def test_readme_macro_example_runs(runner_cp, images, trained_model_path, tmp_path):
@@ -401,6 +430,9 @@ def test_scyjava_bridge_rois_match_objects(images, trained_model_path, tmp_path)
     assert r["roi_areas"] == r["object_areas"] and len(r["roi_areas"]) == r["n_objects"]
     assert r["rois_exact"] and r["overlay"] == r["n_objects"]
     assert r["zip_rois"] == r["n_objects"] and r["mask_file_equal"]
+    # one ROI naming everywhere: the overlay, the ROI zip and io.outputs.write_roi_zip
+    names = [f"artifact-{k:03d}" for k in range(1, r["n_objects"] + 1)]
+    assert r["overlay_names"] == r["zip_names"] == r["engine_zip_names"] == names
     assert r["same_as_engine"]
     assert sorted(r["files"]) == ["field_a_cleaned.tif", "field_a_mask.tif", "field_a_rois.zip"]
 
@@ -461,11 +493,17 @@ def _scyjava_check(model_path: str, image_path: str, out_dir: str) -> dict:
                             for k, r in enumerate(rois, 1))
     res["overlay"] = int(imp.getOverlay().size()) if imp.getOverlay() is not None else 0
     res["zip_rois"] = len(roifile.roiread(Path(out_dir) / "field_a_rois.zip"))
+    res["overlay_names"] = [str(imp.getOverlay().get(i).getName()) for i in range(int(imp.getOverlay().size()))]
+    res["zip_names"] = [r.name for r in roifile.roiread(Path(out_dir) / "field_a_rois.zip")]
+    from artseg_core.io.outputs import write_roi_zip
+
+    engine_zip = write_roi_zip(labels, Path(out_dir) / "engine_rois.zip")
+    res["engine_zip_names"] = [r.name for r in roifile.roiread(engine_zip)]
     res["mask_file_equal"] = bool(np.array_equal(tifffile.imread(Path(out_dir) / "field_a_mask.tif") > 0,
                                                  np.asarray(result.mask)))
     direct = load_model(model_path).predict(raw, gate=False, threshold=0.25)
     res["same_as_engine"] = bool(np.array_equal(np.asarray(direct.mask), np.asarray(result.mask)))
-    res["files"] = [p.name for p in out["files"]]
+    res["files"] = [p.name for p in out["files"] if p.name != "engine_rois.zip"]
     labels_from_mask = label_objects(np.asarray(result.mask))
     assert int(labels_from_mask.max()) == res["n_objects"]
     return res

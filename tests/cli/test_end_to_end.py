@@ -76,11 +76,31 @@ def test_gate_skips_unet_on_confidently_clean(model):
     f = phantoms.make_field((256, 256), seed=9, artifacts=[])
     old = dict(model.thresholds)
     try:
-        model.thresholds["gate"] = 1.01  # every image is "confidently clean"
+        model.thresholds["classifier"] = 1.01  # the classifier calls every image clean
         r = model.predict(f.image, gate=True)
-        assert r.segmented is False and r.prob is None and not r.mask.any()
+        assert r.segmented is False and r.prob is None and not r.mask.any() and not r.flagged
         r2 = model.predict(f.image, gate=False)
         assert r2.segmented is True and r2.prob is not None
+    finally:
+        model.thresholds.update(old)
+
+
+def test_one_answer_per_image(model):
+    """The flag and the mask agree: with the classifier deciding (gate on) an unflagged image has an empty mask,
+    even when the U-Net would find something (the old lower 'gate' threshold let such masks through); with every
+    image segmented (gate off) a non-empty mask flags the image."""
+    f = phantoms.make_field((256, 256), seed=3, artifacts=["bubble", "debris"])
+    old = dict(model.thresholds)
+    try:
+        model.thresholds.update(classifier=1.01, gate=0.0, unet=0.01, min_size=1)  # U-Net finds "artifacts"
+        assert model.predict(f.image, gate=False).mask.any()
+        r = model.predict(f.image, gate=True)
+        assert not r.flagged and not r.mask.any() and r.n_objects == 0 and r.area_fraction == 0.0
+        r2 = model.predict(f.image, gate=False)
+        assert r2.flagged and r2.mask.any() and r2.row()["flagged"] is True
+        model.thresholds.update(classifier=0.0)  # every image flagged: the U-Net runs and keeps its mask
+        r3 = model.predict(f.image, gate=True)
+        assert r3.flagged and r3.segmented and np.array_equal(r3.mask, r2.mask)
     finally:
         model.thresholds.update(old)
 
@@ -159,3 +179,137 @@ def test_cli_evaluate_on_predictions(trained_model_path, tiny_plate, tmp_path):
     assert rep["n_images"] == 12
     assert 0 <= rep["image"]["f1"] <= 1 and "object" in rep and rep["per_type"]
     assert "image level" in r.output and "pixel" in r.output
+
+
+# ------------------------------------------------------------------------------------------------ pixel size
+
+
+def test_pixel_size_recorded_at_training_and_shown_by_info(tmp_path):
+    """`artseg train --pixel-size` records it in the model file, `artseg info` shows it; without the option it
+    is read from the training images' TIFF metadata; old files without it load with None."""
+    from artseg_core.io.outputs import write_mask_tiff
+    from artseg_core.predict.model import load_model, pixel_size_from_files
+
+    plate = tmp_path / "plate"
+    phantoms.make_plate(plate, rows=2, cols=2, fields=1, prevalence=0.5, seed=3, shape=(64, 64))
+    res = CliRunner().invoke(main, ["train", str(plate / "images"), "-o", str(tmp_path / "m.artseg"), "--profile",
+                                    "tiny", "--epochs", "1", "--unet-steps", "1", "--val-fraction", "0",
+                                    "--device", "cpu", "--pixel-size", "0.5"])
+    assert res.exit_code == 0, res.output
+    assert "pixel size: 0.5 um (recorded in the model)" in res.output
+    assert load_model(tmp_path / "m.artseg", device="cpu").pixel_size == 0.5
+    info = CliRunner().invoke(main, ["info", str(tmp_path / "m.artseg")])
+    assert json.loads(info.output)["pixel_size_um"] == 0.5
+    # metadata route: TIFFs written with a pixel size of 0.325 um
+    tif = write_mask_tiff(tmp_path / "cal.tif", np.eye(16, dtype=bool), pixel_size=0.325)
+    assert pixel_size_from_files([tif]) == pytest.approx(0.325, rel=1e-6)
+
+
+def test_old_model_files_load_without_pixel_size(trained_model_path):
+    from artseg_core.io.modelfile import load_model_file
+
+    manifest, _ = load_model_file(trained_model_path)
+    m = artseg_core.load_model(trained_model_path, device="cpu")
+    assert m.pixel_size == manifest.get("pixel_size_um")
+
+
+def test_pixel_size_mismatch_warns_and_rescale_resamples(model, caplog):
+    """An image at another pixel size than the model's: a warning above 20 %, none within; --rescale runs the
+    networks on the image resampled to the model's pixel size and maps the result back."""
+    from scipy import ndimage as ndi
+
+    f = phantoms.make_field((192, 192), seed=5, artifacts=["bubble", "debris"], pixel_size=0.65)
+    old = model.pixel_size
+    try:
+        model.pixel_size = 0.65
+        model._warned_sizes.clear()
+        with caplog.at_level("WARNING", logger="artseg_core.predict.model"):
+            model.predict(f.image, pixel_size=0.7, gate=False)
+            assert not [r for r in caplog.records if "pixel size" in r.getMessage()]
+            model.predict(f.image, pixel_size=0.325, gate=False)
+        msgs = [r.getMessage() for r in caplog.records if "pixel size" in r.getMessage()]
+        assert len(msgs) == 1 and "0.325" in msgs[0] and "0.65" in msgs[0] and "--rescale" in msgs[0]
+        # the same field seen at twice the magnification (0.325 um/px): with rescale the networks see what they
+        # saw at 0.65 um/px, and the result comes back at the image's own size
+        up = ndi.zoom(f.image.astype(np.float32), 2, order=1, grid_mode=True, mode="nearest")
+        ref = model.predict(f.image, gate=False)
+        r = model.predict(up, pixel_size=0.325, rescale=True, gate=False)
+        assert r.prob.shape == r.mask.shape == up.shape
+        back = ndi.zoom(ref.prob, 2, order=1, grid_mode=True, mode="nearest")
+        assert np.corrcoef(back.ravel(), r.prob.ravel())[0, 1] > 0.9
+        assert abs(r.p_artifact - ref.p_artifact) < 0.1
+        no = model.predict(up, pixel_size=0.325, rescale=False, gate=False)
+        assert no.prob.shape == up.shape  # without rescale: segmented as is (and warned)
+    finally:
+        model.pixel_size = old
+
+
+# ------------------------------------------------------------------------------------------------ demo page
+
+
+def _demo_page(out):
+    """The demo page from real evaluation numbers on small synthetic masks (no training needed)."""
+    from artseg_core.cli.demo import field_score, write_demo_page
+    from artseg_core.evaluation.evaluate import evaluate_arrays
+    from artseg_core.io.files import write_png
+
+    truth = {"a": np.zeros((64, 64), np.int32), "b": np.zeros((64, 64), np.int32), "c": np.zeros((64, 64), np.int32)}
+    truth["a"][10:30, 10:30] = 1
+    pred = {k: np.zeros((64, 64), bool) for k in truth}
+    pred["a"][12:30, 10:28] = True
+    pred["c"][40:44, 40:44] = True  # a false positive on a clean field
+    report = evaluate_arrays(pred, truth, types={("a", 1): "bubble"})
+    report["image"] = {"precision": 1.0, "recall": 1.0, "f1": 1.0, "roc_auc": 0.9}
+    summary = {"profile": "tiny", "n_images": 48, "n_artifact": 24, "n_clean": 24, "n_train": 38, "n_val": 10,
+               "n_masks": 0, "classifier": {"epochs_run": 12, "best_epoch": 9,
+                                            "val_metrics": {"accuracy": 0.9, "f1": 0.89}},
+               "scorecam": {"mode": "fast", "threshold": 0.4, "threshold_source": "profile default"},
+               "unet": {"steps_run": 600}, "calibration": {"classifier_threshold": 0.45, "unet_threshold": 0.5,
+                                                           "min_size": 16, "reference": "none"}}
+    items = []
+    (out / "figures").mkdir(parents=True)
+    for k in truth:
+        write_png(out / "figures" / f"{k}.png", np.full((64, 64, 3), 128, np.uint8))
+        items.append({"name": k, "png": f"figures/{k}.png", "truth": "artifact" if truth[k].any() else "clean",
+                      "p": 0.5, "flagged": bool(pred[k].any()), "score": field_score(pred[k], truth[k])})
+    return write_demo_page(out, report, summary, items, {"phantoms": 1.0, "train": 60.0})
+
+
+def test_demo_page_tables_and_clean_field_scores(tmp_path):
+    """Metrics and the training summary as tables (per kind, with counts), no raw JSON or text dump; clean
+    fields scored by their false-positive area, not by an IoU of 1.00 / 0.00; rendered in headless Chromium."""
+    import os
+    import re
+    import shutil
+    import subprocess
+
+    from artseg_core.cli.demo import field_score
+
+    z = np.zeros((10, 10), bool)
+    fp = z.copy()
+    fp[0, 0] = True
+    assert field_score(z, z) == "clean: no false positive"
+    assert field_score(fp, z) == "clean: false positive 1.00 % of field"
+    assert field_score(fp, fp) == "IoU 1.00"
+
+    page = _demo_page(tmp_path)
+    text = page.read_text()
+    assert text.count("<table") >= 5 and "<pre>" not in text and '{"' not in text
+    assert "Per artifact kind" in text and "<td>bubble</td>" in text and "IoU 1.00" not in text.split("Fields")[1]
+    assert "clean: false positive" in text and "clean: no false positive" in text
+    chromium = next((c for c in ("/usr/bin/chromium", shutil.which("chromium") or "") if c and os.access(c, os.X_OK)),
+                    None)
+    if chromium is None:
+        pytest.skip("Chromium is not installed: the rendering check is skipped")
+    shot = tmp_path / "demo.png"
+    proc = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path}/p",
+                           "--window-size=1280,1600", f"--screenshot={shot}", page.resolve().as_uri()],
+                          capture_output=True, text=True, timeout=180)
+    assert shot.is_file(), proc.stderr[-2000:]
+    from PIL import Image
+
+    a = np.asarray(Image.open(shot).convert("RGB")).astype(float)
+    assert a.std() > 20 and (a.sum(axis=2) < 200).mean() > 0.001
+    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path}/q",
+                          "--dump-dom", page.resolve().as_uri()], capture_output=True, text=True, timeout=180).stdout
+    assert len(re.findall(r"<table", dom)) >= 5

@@ -29,9 +29,11 @@ def test_matches_skimage_small_object_removal_and_hole_filling():
     mask = prob >= 0.5
     filled = measure.label(ndi.binary_fill_holes(mask), connectivity=2)
     ref = np.isin(filled, [p.label for p in measure.regionprops(filled) if p.area >= 30])
-    got = clean_mask(prob, 0.5, min_size=30, fill_holes=True)
+    got = clean_mask(prob, 0.5, min_size=30, fill_holes=True, border_holes=False)
     np.testing.assert_array_equal(got, ref)
     assert got.sum() < ndi.binary_fill_holes(mask).sum()  # something was removed
+    # the default also fills regions one object encloses against the border: a superset of skimage's fill
+    assert (clean_mask(prob, 0.5, min_size=30) >= got).all()
 
 
 def test_max_hole_fills_only_small_holes():
@@ -122,3 +124,57 @@ def test_chunked_bincount_equals_bincount():
     labels = label_objects(_random_prob(seed=3) >= 0.5)
     np.testing.assert_array_equal(_bincount(labels, int(labels.max()), chunk=997),
                                   np.bincount(labels.ravel(), minlength=int(labels.max()) + 1))
+
+
+def _ring(mask: np.ndarray, width: int = 4) -> np.ndarray:
+    """The rim of a filled artifact (what a U-Net often finds for a bubble): the image border does not erode it,
+    so a bubble cut by the border gives an open arc whose interior touches the border."""
+    return mask & ~ndi.binary_erosion(mask, iterations=width, border_value=1)
+
+
+@pytest.mark.parametrize("seed, where", [(0, "corner"), (3, "bottom edge"), (4, "top edge"), (2, "inside")])
+def test_bubble_rings_cut_by_the_border_are_filled(seed, where):
+    """Phantom air bubbles (make_field(artifacts=['bubble'])): seeds 0, 3 and 4 are cut by the image border;
+    their rim alone must give back the whole bubble, as the rim of a bubble inside the field does."""
+    from artseg_core.data.phantoms import make_field
+
+    truth = make_field(shape=(256, 256), seed=seed, artifacts=["bubble"]).artifact_mask
+    ring = _ring(truth)
+    cut = truth[0].any() or truth[-1].any() or truth[:, 0].any() or truth[:, -1].any()
+    assert cut == (where != "inside")
+    assert ring.sum() < 0.7 * truth.sum()
+    got = clean_mask(ring)
+    iou = (got & truth).sum() / (got | truth).sum()
+    assert iou > 0.99, (where, iou)
+    if cut:  # the old rule (closed holes only) leaves the interior of a cut bubble empty
+        assert clean_mask(ring, border_holes=False).sum() < 0.7 * truth.sum()
+
+
+def test_border_regions_that_are_not_enclosed_stay_background():
+    shape = (120, 120)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    r = np.hypot(yy - 0, xx - 60)
+    arc = (r >= 30) & (r < 34)  # a half ring on the top edge: its interior is enclosed against the border
+    assert clean_mask(arc)[5, 60] and clean_mask(arc)[25, 60]
+    # an arc that does not close (a gap): the inside is connected to the field's background
+    open_arc = arc & ~((xx > 85) & (yy < 30))
+    np.testing.assert_array_equal(clean_mask(open_arc), open_arc)
+    # the outside of the arc (towards the field) is not filled, also at a corner
+    assert not clean_mask(arc)[40, 60] and not clean_mask(arc)[0, 20]
+    corner = (np.hypot(yy, xx) >= 30) & (np.hypot(yy, xx) < 34)
+    assert clean_mask(corner)[10, 10] and not clean_mask(corner)[40, 40]
+    # debris inside a cut bubble: the interior (bordered by both) is still filled
+    two = arc.copy()
+    two[10:14, 40:80] = True
+    assert clean_mask(two)[5, 60] and clean_mask(two)[20, 60]
+    # a straight fibre across a corner and the strip between two fibres are not enclosed
+    fibre = np.abs(yy + xx - 40) <= 1
+    np.testing.assert_array_equal(clean_mask(fibre), fibre)
+    lines = np.zeros(shape, bool)
+    lines[:, 30:33] = lines[:, 70:73] = True
+    np.testing.assert_array_equal(clean_mask(lines), lines)
+    # the field's own background (a large object alone in the field, touching one edge) is never filled
+    blob = (np.hypot(yy - 0, xx - 60) < 20)
+    np.testing.assert_array_equal(clean_mask(blob), blob)
+    # max_hole also limits border holes
+    assert not clean_mask(arc, max_hole=100)[5, 60]

@@ -21,6 +21,7 @@ What is compared with what:
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -39,7 +40,8 @@ pytestmark = [pytest.mark.cellprofiler, pytest.mark.slow, pytest.mark.timeout(36
 NUCLEI = PIPELINES / "mask_artifacts_nuclei.cppipe"
 FLAG = PIPELINES / "flag_artifact_images.cppipe"
 INTENSITY = PIPELINES / "intensity_outside_artifacts.cppipe"
-ALL_PIPELINES = [NUCLEI, FLAG, INTENSITY]
+LOADDATA = PIPELINES / "loaddata_mask_nuclei.cppipe"  # built-in modules only: no plugin
+ALL_PIPELINES = [NUCLEI, FLAG, INTENSITY, LOADDATA]
 UINT16_MAX = 65535.0  # NamesAndTypes "Image bit-depth": CellProfiler divides 16-bit pixels by 65535
 MASK_FEATURES = ["Probability", "Flagged", "AreaFraction", "Segmented", "Focus", "Illumination", "Saturation",
                  "Defocus", "BadIllumination", "Saturated"]
@@ -147,6 +149,8 @@ def test_pipeline_settings_match_modules():
                     "ExportToSpreadsheet"],
         INTENSITY.name: ["Images", "Metadata", "NamesAndTypes", "Groups", "MaskArtifacts", "MaskImage",
                          "MeasureImageIntensity", "ExportToSpreadsheet"],
+        LOADDATA.name: ["LoadData", "IdentifyPrimaryObjects", "MaskObjects", "MeasureObjectIntensity",
+                        "MeasureObjectSizeShape", "MaskImage", "MeasureImageIntensity", "ExportToSpreadsheet"],
     }
     for name, info in result.items():
         assert info["load_errors"] == [], (name, info["load_errors"])
@@ -221,6 +225,56 @@ def test_artifact_measurements_for_every_image(nuclei_run, engine):
     assert len(artifacts) == n_objects
     if artifacts:
         assert {"AreaShape_Area", "Location_Center_X", "Children_Nuclei_Count"} <= set(artifacts[0])
+
+
+def test_one_answer_per_image(nuclei_run, engine):
+    """MaskArtifacts_Flagged is the measurement to filter on: no image with Flagged = 0 carries an artifact object
+    or mask pixel (so MaskObjects removes no nucleus there), and every image with artifacts is flagged."""
+    rows = _by_file(read_table(nuclei_run / "Image.csv"))
+    unflagged = 0
+    for name, row in rows.items():
+        flagged = int(row["MaskArtifacts_Flagged"])
+        count, area = int(float(row["Count_Artifacts"])), float(row["MaskArtifacts_AreaFraction"])
+        if not flagged:
+            unflagged += 1
+            assert count == 0 and area == 0.0, (name, row["MaskArtifacts_Probability"], count, area)
+            assert int(float(row["Count_CleanNuclei"])) == int(float(row["Count_Nuclei"])), name
+        if count or area:
+            assert flagged, name
+    assert unflagged > 0
+
+
+def test_automatic_torch_threads_divide_the_cores_among_workers():
+    import importlib.util
+
+    from cp_helpers import PLUGINS
+
+    spec = importlib.util.spec_from_file_location("maskartifacts_under_test", PLUGINS / "maskartifacts.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.automatic_torch_threads(cores=16, workers=4, in_worker=True) == 4
+    assert mod.automatic_torch_threads(cores=16, workers=32, in_worker=True) == 1
+    assert mod.automatic_torch_threads(cores=16, workers=4, in_worker=False) == 16  # cellprofiler -c -r
+
+
+def test_revision_1_pipelines_load_with_new_settings_defaulted(tmp_path):
+    """Pipelines saved with settings revision 1 (13 settings) still load: the probability image is off and the
+    threads automatic."""
+    text = FLAG.read_text()
+    old = text.replace("MaskArtifacts:[module_num:5|svn_version:'Unknown'|variable_revision_number:2",
+                       "MaskArtifacts:[module_num:5|svn_version:'Unknown'|variable_revision_number:1")
+    for line in ("    Save the artifact probability map as an image?:No\n",
+                 "    Name the probability image:ArtifactProbability\n",
+                 "    CPU threads per CellProfiler worker (0 = automatic):0\n"):
+        assert line in old
+        old = old.replace(line, "")
+    path = tmp_path / "revision1.cppipe"
+    path.write_text(old)
+    info = run_api("settings", str(path))["revision1.cppipe"]
+    assert info["load_errors"] == []
+    mask = next(m for m in info["modules"] if m["name"] == "MaskArtifacts")
+    assert (mask["in_file"], mask["in_module"]) == (13, 16)
+    assert not info["resaved_identical"]  # re-saved as revision 2
 
 
 def _truth_at(labels: np.ndarray, x: float, y: float) -> int:
@@ -374,6 +428,9 @@ def test_intensity_outside_artifacts_matches_engine_mask(intensity_run, engine, 
         assert float(row["Intensity_MeanIntensity_NucleiOutsideArtifacts"]) * UINT16_MAX == pytest.approx(
             nuc[keep].mean(), rel=2e-3), name
         assert float(row["Intensity_MeanIntensity_Nuclei"]) * UINT16_MAX == pytest.approx(nuc.mean(), rel=1e-5)
+        # the probability image is the engine's map (all 0 on fields the classifier judged clean)
+        expected_prob = float(np.mean(res.prob)) if res.prob is not None else 0.0
+        assert float(row["Intensity_MeanIntensity_ArtifactProbability"]) == pytest.approx(expected_prob, abs=2e-3)
         # the cleaned image is the engine's fill of the same mask (clipped to [0, 1] like any CellProfiler image)
         assert float(row["Intensity_MeanIntensity_BrightfieldCleaned"]) * UINT16_MAX == pytest.approx(
             float(np.mean(res.cleaned)), rel=2e-3), name
@@ -406,11 +463,72 @@ def test_flag_image_sees_mask_artifacts_measurements(flag_parts, plate, model_qu
         assert correct >= 0.75 * len(rows)
 
 
+# ------------------------------------------------------------------------------------------------ without the plugin
+
+
+@pytest.fixture(scope="module")
+def loaddata_run(cp_input, tmp_path_factory):
+    """The desktop-app route: ``artseg batch --loaddata`` once from the command line, then the built-in-only
+    pipeline in CellProfiler started without any plugins directory (and with an empty HOME: no stored
+    preferences that could name one)."""
+    import subprocess
+    import sys
+
+    from cp_helpers import REPO
+
+    run = tmp_path_factory.mktemp("artseg_run")
+    home = tmp_path_factory.mktemp("home")
+    proc = subprocess.run([sys.executable, "-m", "artseg_core.cli", "batch", str(cp_input), "-m",
+                           str(cp_input / "model.artseg"), "-o", str(run), "--channel", "1", "--quiet",
+                           "--device", "cpu", "--loaddata", "Brightfield=1,Nuclei=2"],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=str(REPO), timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert f"loaddata: {run / 'loaddata.csv'}" in proc.stdout, proc.stdout[-2000:]
+    out = tmp_path_factory.mktemp("cp_out_loaddata")
+    cp = run_cellprofiler(LOADDATA, run, out, plugins=False, env={"HOME": str(home)})
+    _ok(cp)
+    assert "MaskArtifacts" not in cp.stdout, cp.stdout[-3000:]
+    return {"run": run, "out": out}
+
+
+def test_loaddata_table_pairs_channels_with_masks(loaddata_run, stems):
+    rows = read_table(loaddata_run["run"] / "loaddata.csv")
+    assert len(rows) == len(stems)
+    for r in rows:
+        stem = r["FileName_Brightfield"][: -len("_w1.tif")]
+        assert r["FileName_Nuclei"] == f"{stem}_w2.tif"
+        assert r["FileName_ArtifactMask"] == f"{stem}_w1_mask.tif"
+        assert (Path(r["PathName_ArtifactMask"]) / r["FileName_ArtifactMask"]).is_file()
+        assert r["Metadata_Well"] and r["Metadata_Site"] and r["Metadata_ArtSegFlagged"] in ("0", "1")
+
+
+def test_builtin_pipeline_keeps_the_same_nuclei_as_the_plugin(loaddata_run, nuclei_run, engine):
+    """LoadData + the ArtSeg masks (no plugin) keeps exactly the nuclei the MaskArtifacts route keeps, field by
+    field, and the ArtSeg flag column reaches the measurements."""
+    plugin = _by_file(read_table(nuclei_run / "Image.csv"))
+    builtin = _by_file(read_table(loaddata_run["out"] / "Image.csv"))
+    assert sorted(builtin) == sorted(plugin)
+    diff = 0
+    for name, row in builtin.items():
+        assert int(float(row["Count_Nuclei"])) == int(float(plugin[name]["Count_Nuclei"])), name
+        diff += abs(int(float(row["Count_CleanNuclei"])) - int(float(plugin[name]["Count_CleanNuclei"])))
+        assert int(row["Metadata_ArtSegFlagged"]) == int(plugin[name]["MaskArtifacts_Flagged"]) == \
+            int(engine[name].flagged), name
+        # the mask image is the engine's mask: the intensity outside it covers the same pixels
+        keep = int((~engine[name].mask).sum())
+        assert abs(int(float(row["Intensity_TotalArea_NucleiOutsideArtifacts"])) - keep) <= 0.001 * keep + 1, name
+    kept = sum(int(float(r["Count_CleanNuclei"])) for r in builtin.values())
+    print(f"\nbuilt-in route keeps {kept} nuclei; differs from the plugin route by {diff}")
+    # CellProfiler hands the plugin pixels / 65535, ArtSeg batch reads the raw TIFF: allow one borderline flip
+    assert diff <= 1
+
+
 # ------------------------------------------------------------------------------------------------ API and splitting
 
 
 def test_python_api_run_completes(flag_api, nuclei_run):
     assert flag_api["exit_status"] == "Complete"
+    assert flag_api["torch_threads"] == 1  # the module's thread setting reached torch in CellProfiler's process
     assert flag_api["run_errors"] == [] and flag_api["load_errors"] == []
     api = dict(zip(flag_api["image"]["FileName_Brightfield"], flag_api["image"]["MaskArtifacts_Probability"]))
     cli = {k: float(v["MaskArtifacts_Probability"]) for k, v in _by_file(read_table(nuclei_run / "Image.csv")).items()}
@@ -440,3 +558,27 @@ def test_split_runs_give_the_same_rows_as_one_run(flag_parts, flag_api, stems):
     objects = read_table(flag_parts[0] / "Artifacts.csv") + read_table(flag_parts[1] / "Artifacts.csv")
     assert _comparable(objects) == _comparable(read_table(flag_api["out"] / "Artifacts.csv"))
 
+
+
+def test_demo_folder_runs_with_the_printed_command(plate, trained_model_path, stems, tmp_path):
+    """``artseg demo``'s CellProfiler folder: both channels and model.artseg in one folder, and the command it
+    prints for the nuclei pipeline runs as printed (only ``cellprofiler`` is replaced by this environment's)."""
+    import shlex
+    import subprocess
+
+    from artseg_core.cli.demo import cellprofiler_folder
+    from cp_helpers import cellprofiler_command, cp_env
+
+    inp, commands = cellprofiler_folder(tmp_path, plate, trained_model_path)
+    assert sorted(p.name for p in inp.iterdir()) == sorted(
+        ["model.artseg"] + [f"{s}_w1.tif" for s in stems] + [f"{s}_w2.tif" for s in stems])
+    assert (tmp_path / "cellprofiler" / "artseg" / "loaddata.csv").is_file()
+    assert len(commands) == 4 and "loaddata_mask_nuclei.cppipe" in commands[-1]
+    assert "--plugins-directory" not in commands[-1]
+    nuclei = shlex.split(next(c for c in commands if "mask_artifacts_nuclei.cppipe" in c))
+    assert nuclei[0] == "cellprofiler"
+    proc = subprocess.run(cellprofiler_command() + nuclei[1:], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, env=cp_env(), cwd=str(tmp_path), timeout=900)
+    _ok(proc)
+    rows = read_table(Path(nuclei[nuclei.index("-o") + 1]) / "Image.csv")
+    assert sorted(r["FileName_Brightfield"] for r in rows) == sorted(f"{s}_w1.tif" for s in stems)

@@ -157,3 +157,17 @@ def test_wrong_preprocessing_is_rejected(package, tmp_path):
     assert not ok
     assert "Reproduce test outputs" in summary
 
+
+
+def test_test_image_is_cropped_to_the_divisor():
+    from artseg_core.export.bioimageio import ExportError, _test_image
+
+    img = np.arange(100 * 75, dtype=np.uint16).reshape(100, 75)
+    out = _test_image(16, img)
+    assert out.shape == (96, 64)
+    np.testing.assert_array_equal(out, img[:96, :64])
+    with pytest.raises(ExportError, match="2-D"):
+        _test_image(16, np.zeros((2, 64, 64)))
+    with pytest.raises(ExportError, match="smaller"):
+        _test_image(32, np.zeros((20, 64)))
+    assert _test_image(16, None).shape == (256, 256)

@@ -293,6 +293,11 @@ from artseg_core.cli.batch import register as _register_batch  # noqa: E402
 
 _register_batch(main, sys.modules[__name__])
 
+# --------------------------------------------------------------------------- export (artseg_core/export)
+from artseg_core.cli.export import register as _register_export  # noqa: E402
+
+_register_export(main, sys.modules[__name__])
+
 
 # --------------------------------------------------------------------------- fiji-install
 @main.command("fiji-install")

@@ -77,7 +77,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 
 import numpy
 from cellprofiler_core.constants.measurement import COLTYPE_FLOAT
@@ -205,13 +204,10 @@ class ModelUnavailableError(RuntimeError):
 
 # Models are loaded once per process and shared by every image set (and by every MaskArtifacts module
 # that names the same file). The key includes size and modification time so a retrained file is reloaded.
-_MODEL_CACHE: dict = {}
-_MODEL_CACHE_MAX = 2
-_MODEL_LOCK = threading.Lock()
 
 
 def load_model_cached(path: str, device: str):
-    """Load an ArtSeg model file once per process.
+    """Load an ArtSeg model file once per process (the engine's model cache).
 
     Parameters
     ----------
@@ -235,27 +231,18 @@ def load_model_cached(path: str, device: str):
             f"MaskArtifacts: no ArtSeg model file at {path} "
             "(check the settings 'Model file location' and 'Model file name')"
         )
-    stat = os.stat(path)
-    key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns, device)
-    with _MODEL_LOCK:
-        if key in _MODEL_CACHE:
-            return _MODEL_CACHE[key]
-        try:
-            import artseg_core
-        except ImportError as exc:
-            raise ModelUnavailableError(
-                "MaskArtifacts needs the 'artseg' package in the Python environment that runs CellProfiler "
-                f"(pip install /path/to/artseg): {exc}"
-            ) from exc
-        try:
-            model = artseg_core.load_model(path, device=device)
-        except Exception as exc:  # ModelFileError, OSError, torch device errors: all mean "unusable"
-            problem = str(exc) if path in str(exc) else f"{path}: {exc}"
-            raise ModelUnavailableError(f"MaskArtifacts: cannot use the ArtSeg model file {problem}") from exc
-        while len(_MODEL_CACHE) >= _MODEL_CACHE_MAX:
-            _MODEL_CACHE.pop(next(iter(_MODEL_CACHE)))
-        _MODEL_CACHE[key] = model
-        return model
+    try:
+        from artseg_core.predict.cache import load_model_cached as _engine_cache
+    except ImportError as exc:
+        raise ModelUnavailableError(
+            "MaskArtifacts needs the 'artseg' package in the Python environment that runs CellProfiler "
+            f"(pip install artseg, then artseg cellprofiler-install): {exc}"
+        ) from exc
+    try:
+        return _engine_cache(path, device=device)  # the engine's one model cache (file path, size, mtime, device)
+    except Exception as exc:  # ModelFileError, OSError, torch device errors: all mean "unusable"
+        problem = str(exc) if path in str(exc) else f"{path}: {exc}"
+        raise ModelUnavailableError(f"MaskArtifacts: cannot use the ArtSeg model file {problem}") from exc
 
 
 class OptionalNumber(Text):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import zipfile
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -385,20 +385,14 @@ def save_rois(rois: Sequence, path: str | os.PathLike) -> Path:
 
 # ------------------------------------------------------------------------------------------- the Fiji script
 
-_MODELS: dict[tuple[str, float], Any] = {}
-
-
 def _cached_model(model_file: str | os.PathLike):
-    from artseg_core.predict.model import load_model
+    """The model in ``model_file`` from the engine's one model cache (:mod:`artseg_core.predict.cache`)."""
+    from artseg_core.predict.cache import load_model_cached
 
     p = Path(model_file)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: model file not found")
-    key = (str(p.resolve()), p.stat().st_mtime)
-    if key not in _MODELS:
-        _MODELS.clear()
-        _MODELS[key] = load_model(p)
-    return _MODELS[key]
+    return load_model_cached(p, device="auto")
 
 
 def predict_imageplus(model, imp, ij=None, **predict_kwargs):

@@ -19,17 +19,11 @@ from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpin
 
 __all__ = ["MaskArtifactsWidget", "TrainingDataWidget", "layer_plane", "describe_result"]
 
-_MODELS: dict = {}  # (path, mtime_ns) -> ArtifactModel: load each model file once per session
-
-
 def _load_model(path: Path):
-    from artseg_core.predict.model import load_model
+    """The model in ``path`` from the engine's one model cache (:mod:`artseg_core.predict.cache`)."""
+    from artseg_core.predict.cache import load_model_cached
 
-    key = (str(path.resolve()), path.stat().st_mtime_ns)
-    if key not in _MODELS:
-        _MODELS.clear()
-        _MODELS[key] = load_model(path)
-    return _MODELS[key]
+    return load_model_cached(path, device="auto")
 
 
 def layer_plane(layer, viewer) -> tuple[np.ndarray, tuple[int, ...]]:

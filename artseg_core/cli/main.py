@@ -269,6 +269,10 @@ from artseg_core.cli.batch import register as _register_batch  # noqa: E402
 
 _register_batch(main, sys.modules[__name__])
 
+from artseg_core.cli.label import register as _register_label  # noqa: E402
+
+_register_label(main, sys.modules[__name__])
+
 
 # --------------------------------------------------------------------------- fiji-install
 @main.command("fiji-install")

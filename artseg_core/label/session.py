@@ -17,8 +17,8 @@ import numpy as np
 
 from artseg_core.imgproc.normalize import normalize
 from artseg_core.io.files import atomic_write, write_tiff
-from artseg_core.io.images import list_images, read_image
-from artseg_core.io.labels import LabelFileError, find_mask, parse_label
+from artseg_core.io.images import ImageReadError, list_images, read_image
+from artseg_core.io.labels import LabelFileError, find_mask, parse_label, read_mask
 
 log = logging.getLogger(__name__)
 
@@ -274,12 +274,12 @@ class LabelSession:
         """
         img = self._read(name)
         if self.masks_dir is not None:
-            saved = find_mask(self.masks_dir, self.path(name))
+            saved = find_mask(self.masks_dir, self.path(name), rois=True)
             if saved is not None:
-                m = read_image(saved, allow_constant=True)
-                if m.shape == img.shape:
-                    return m > 0, "saved"
-                log.warning("%s: mask shape %s differs from the image %s; ignored", saved, m.shape, img.shape)
+                try:
+                    return read_mask(saved, img.shape), "saved"
+                except ImageReadError as e:
+                    log.warning("%s; ignored", e)
         if self.model is not None:
             with self._model_lock:
                 res = self.model.predict(img)

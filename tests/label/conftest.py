@@ -57,3 +57,17 @@ def page(chromium_browser):
     assert not errors, f"JavaScript errors: {errors}"
 
 
+
+
+@pytest.fixture(scope="session")
+def quick_model_path(plate20, tmp_path_factory) -> Path:
+    """A model trained briefly on plate20 itself (profile 'tiny', few epochs and steps): its scores are real
+    classifier outputs, which is all the ordering needs, at a fraction of the shared tiny model's training time."""
+    import artseg_core
+
+    work = tmp_path_factory.mktemp("quick_model")
+    model = artseg_core.train(plate20 / "images", plate20 / "labels.csv", profile="tiny", seed=0, device="cpu",
+                              work_dir=work / "train", progress=False, cls_epochs=6, unet_steps=40)
+    path = work / "model.artseg"
+    model.save(path)
+    return path

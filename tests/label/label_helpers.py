@@ -89,5 +89,7 @@ def screenshot_checked(page, path: Path, docs_name: str | None = None, min_std: 
     if docs_name and os.environ.get("ARTSEG_DOCS_SCREENSHOTS"):
         docs = REPO / "docs"
         docs.mkdir(exist_ok=True)
-        Image.open(path).convert("RGB").quantize(128).save(docs / docs_name, optimize=True)
+        pic = Image.open(path).convert("RGB")
+        pic = pic.resize((pic.width // 2, pic.height // 2), Image.LANCZOS)  # small files for the repo
+        pic.quantize(32).save(docs / docs_name, optimize=True)
     return a

@@ -171,7 +171,7 @@ def test_mask_brush_polygon_eraser_undo_save(plate20, tmp_path, start_label, pag
     assert drawn == int((m > 0).sum())
 
 
-def test_model_orders_least_certain_first_and_gives_masks(plate20, tmp_path, start_label, page, trained_model_path):
+def test_model_orders_least_certain_first_and_gives_masks(plate20, tmp_path, start_label, page, quick_model_path):
     import urllib.request
 
     from PIL import Image
@@ -181,14 +181,14 @@ def test_model_orders_least_certain_first_and_gives_masks(plate20, tmp_path, sta
     from artseg_core.io.images import read_image
 
     images = plate20 / "images"
-    model = artseg_core.load_model(trained_model_path, device="cpu")
+    model = artseg_core.load_model(quick_model_path, device="cpu")
     thr = model.thresholds["classifier"]
     p = {f.name: model.classify(normalize(read_image(f))) for f in sorted(images.glob("*.tif"))}
     expected = sorted(p, key=lambda n: (abs(p[n] - thr), n))
     assert len(set(round(abs(v - thr), 4) for v in p.values())) > 5, "model gives too few distinct scores"
 
     srv = start_label(images, "--labels", tmp_path / "labels.csv", "--masks", tmp_path / "masks",
-                      "--model", trained_model_path)
+                      "--model", quick_model_path)
     open_app(page, srv.url)
     order = page.evaluate("window.artseg.fields.map(f => f.name)")
     assert order == expected

@@ -89,3 +89,47 @@ def test_rewrite_keeps_other_rows_and_refuses_bad_files(plate20, tmp_path):
         LabelSession(plate20 / "images", bad)
     s2 = LabelSession(plate20 / "images", tmp_path / "r.csv", order="random", seed=1)
     assert sorted(s2.order) == sorted(s.order) and s2.order != s.order
+
+
+def test_large_field_is_sent_down_sampled_and_mask_saved_full_size(tmp_path):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from artseg_core.io.files import write_tiff
+    from artseg_core.io.images import read_image
+    from artseg_core.label.session import MASK_MAX_SIDE
+
+    h, w = 2400, 4800
+    img = (np.random.default_rng(0).integers(0, 4000, (h, w))).astype(np.uint16)
+    (tmp_path / "img").mkdir()
+    write_tiff(tmp_path / "img" / "big.tif", img)
+    s = LabelSession(tmp_path / "img", tmp_path / "labels.csv", masks_dir=tmp_path / "masks")
+    png, size, full = s.preview("big.tif", 1600)
+    assert full == (h, w) and size == (800, 1600)
+    assert Image.open(io.BytesIO(png)).size == (1600, 800)
+    mh, mw = round(h * MASK_MAX_SIDE / w), MASK_MAX_SIDE
+    rgba = np.zeros((mh, mw, 4), np.uint8)
+    rgba[100:200, 1000:3000] = (255, 0, 0, 255)
+    buf = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(buf, format="PNG")
+    with pytest.raises(ValueError, match="expected"):
+        s.save_mask("big.tif", _png(np.zeros((10, 10, 4), np.uint8)))
+    out = read_image(s.save_mask("big.tif", buf.getvalue()), allow_constant=True)
+    assert out.shape == (h, w) and set(np.unique(out)) == {0, 255}
+    k = w / MASK_MAX_SIDE
+    assert (out[int(101 * k):int(199 * k), int(1001 * k):int(2999 * k)] == 255).all()
+    assert abs((out > 0).sum() - 100 * 2000 * k * k) / (100 * 2000 * k * k) < 0.01
+    m, source = s.start_mask("big.tif")
+    assert source == "saved" and np.array_equal(m, out > 0)
+
+
+def _png(a):
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG")
+    return buf.getvalue()

@@ -117,6 +117,8 @@ class LabelSession:
             raise FileNotFoundError(f"{self.images_dir}: image folder not found")
         self.labels_path = Path(labels_path)
         self.masks_dir = Path(masks_dir) if masks_dir is not None else None
+        if self.masks_dir is not None:  # exists from the start, so that artseg train --masks DIR accepts it
+            self.masks_dir.mkdir(parents=True, exist_ok=True)
         self.model = model
         self.plane = plane
         self._lock = threading.RLock()

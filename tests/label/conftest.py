@@ -67,7 +67,7 @@ def quick_model_path(plate20, tmp_path_factory) -> Path:
 
     work = tmp_path_factory.mktemp("quick_model")
     model = artseg_core.train(plate20 / "images", plate20 / "labels.csv", profile="tiny", seed=0, device="cpu",
-                              work_dir=work / "train", progress=False, cls_epochs=6, unet_steps=40)
+                              work_dir=work / "train", progress=False, cls_epochs=4, unet_steps=20)
     path = work / "model.artseg"
     model.save(path)
     return path

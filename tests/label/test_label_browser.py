@@ -171,6 +171,7 @@ def test_mask_brush_polygon_eraser_undo_save(plate20, tmp_path, start_label, pag
     assert drawn == int((m > 0).sum())
 
 
+@pytest.mark.slow
 def test_model_orders_least_certain_first_and_gives_masks(plate20, tmp_path, start_label, page, quick_model_path):
     import urllib.request
 
@@ -197,6 +198,7 @@ def test_model_orders_least_certain_first_and_gives_masks(plate20, tmp_path, sta
     assert page.text_content("#field-name") == expected[0]
     guess = "artifact" if p[expected[0]] >= thr else "clean"
     assert page.text_content("#guess") == f"model: {guess} (p = {p[expected[0]]:.2f})"
+    screenshot_checked(page, tmp_path / "model-label.png")
 
     # Mask mode starts from the model's mask for a field the model segments.
     name = max(p, key=p.get)
@@ -210,3 +212,74 @@ def test_model_orders_least_certain_first_and_gives_masks(plate20, tmp_path, sta
     page.keyboard.press("m")
     page.wait_for_function("window.artseg.maskReady === true")
     assert page.text_content("#mask-source") == "model's mask"
+    screenshot_checked(page, tmp_path / "model-mask.png")
+
+
+class _KnownModel:
+    """Stands in for an ArtifactModel with known answers: p_artifact from the field's mean grey level (all distinct),
+    and a square mask, so the page can be checked pixel by pixel without training."""
+
+    thresholds = {"classifier": 0.5}
+
+    def __init__(self, images):
+        from artseg_core.imgproc.normalize import normalize
+        from artseg_core.io.images import read_image
+
+        names = sorted(p.name for p in images.glob("*.tif"))
+        self.p_of_mean = {}
+        for i, n in enumerate(names):  # p spread over (0, 1), in a scrambled order
+            self.p_of_mean[float(normalize(read_image(images / n)).mean())] = (7 * i % 20 + 0.5) / 20
+        self.p = {}
+
+    def classify(self, norm):
+        return self.p_of_mean[float(norm.mean())]
+
+    def predict(self, image):
+        from types import SimpleNamespace
+
+        m = np.zeros(image.shape, bool)
+        m[40:100, 60:150] = True
+        return SimpleNamespace(mask=m)
+
+
+def test_model_order_guess_and_mask_in_the_page(plate20, tmp_path, page):
+    from artseg_core.io.images import read_image
+    from artseg_core.label import LabelSession, make_server
+
+    images = plate20 / "images"
+    model = _KnownModel(images)
+    s = LabelSession(images, tmp_path / "labels.csv", masks_dir=tmp_path / "masks", model=model)
+    srv = make_server(s)
+    srv.start_background()
+    try:
+        open_app(page, srv.url)
+        fields = page.evaluate("window.artseg.fields")
+        margins = [abs(f["p_artifact"] - 0.5) for f in fields]
+        assert margins == sorted(margins)
+        assert margins[:2] == pytest.approx([0.025, 0.025]) and margins[-1] == pytest.approx(0.475)
+        assert [f["guess"] for f in fields] == ["artifact" if f["p_artifact"] >= 0.5 else "clean" for f in fields]
+        shown = [f"model: {f['guess']} (p = {f['p_artifact']:.2f})" for f in fields]
+        assert page.text_content("#guess") == shown[0]
+        assert page.text_content("#field-pos") == "field 1 of 20"
+        page.keyboard.press("c")                       # the answer may differ from the guess
+        assert page.text_content("#guess") == shown[1]
+        page.keyboard.press("b")
+        page.keyboard.press("m")
+        page.wait_for_function("window.artseg.maskReady === true")
+        assert page.text_content("#mask-source") == "model's mask"
+        n = page.evaluate("""() => { const M = window.artseg.mask;
+            const d = M.mctx.getImageData(0, 0, M.mask.width, M.mask.height).data;
+            let n = 0; for (let i = 3; i < d.length; i += 4) n += d[i] >= 128; return n; }""")
+        assert n == 60 * 90
+        screenshot_checked(page, tmp_path / "model-mask.png")
+        page.keyboard.press("e")                       # correct the model's mask: erase its left part
+        page.evaluate("window.artseg.mask.size = 30")
+        _drag(page, [(70, 30), (70, 110)])
+        page.keyboard.press("s")
+        page.wait_for_function("document.querySelector('#status').textContent.startsWith('saved ')")
+        name = fields[0]["name"]
+        m = read_image(tmp_path / "masks" / (name[:-4] + "_mask.tif"), allow_constant=True)
+        assert (m[45:95, 90:145] == 255).all() and (m[45:95, 60:80] == 0).all() and (m[:35] == 0).all()
+    finally:
+        srv.shutdown()
+        srv.server_close()

@@ -47,7 +47,8 @@ def main():
 @click.option("--artifact", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Folder of images with artifacts.")
 @click.option("--masks", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Optional folder of pixel masks for some images (same file name stem).")
+              help="Optional folder of pixel masks for some images (same file name stem, or _mask), or ImageJ ROI "
+                   "sets (<stem>_rois.zip or .roi).")
 @click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Model file to write (e.g. model.artseg).")
 @click.option("--profile", type=click.Choice(["fast", "paper", "tiny"]), default="fast", show_default=True)
@@ -297,6 +298,11 @@ _register_batch(main, sys.modules[__name__])
 from artseg_core.cli.export import register as _register_export  # noqa: E402
 
 _register_export(main, sys.modules[__name__])
+
+# --------------------------------------------------------------------------- label (artseg_core/label)
+from artseg_core.cli.label import register as _register_label  # noqa: E402
+
+_register_label(main, sys.modules[__name__])
 
 
 # --------------------------------------------------------------------------- fiji-install

@@ -7,7 +7,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from artseg_core.io.images import list_images
+import numpy as np
+
+from artseg_core.io.images import ImageReadError, list_images, read_image
 
 _WORD = {0: "clean", 1: "artifact"}
 CLEAN_WORDS = {"clean", "0", "no", "false", "ok", "good"}
@@ -81,8 +83,28 @@ def read_labels_csv(csv_path, images_dir=None, check_files: bool = True) -> list
     return out
 
 
-def find_mask(masks_dir: Path | None, image_path: Path) -> Path | None:
-    """The mask of an image in ``masks_dir``: same stem (or stem + ``_mask``), any supported image suffix."""
+#: Suffixes of ImageJ ROI files accepted as masks (rasterised by :func:`read_mask`).
+ROI_SUFFIXES = (".zip", ".roi")
+
+
+def find_mask(masks_dir: Path | None, image_path: Path, rois: bool = False) -> Path | None:
+    """The mask of an image in ``masks_dir``: same stem (or stem + ``_mask``), any supported image suffix.
+
+    Parameters
+    ----------
+    masks_dir : path or None
+        Folder of masks.
+    image_path : path
+        The image whose mask is wanted.
+    rois : bool
+        Also accept an ImageJ ROI set ``<stem>_rois.zip`` / ``<stem>.zip`` or a single ``<stem>_rois.roi`` /
+        ``<stem>.roi`` (what ``artseg predict`` writes and Fiji's ROI Manager saves); a mask image wins.
+        Read the result with :func:`read_mask`.
+
+    Returns
+    -------
+    pathlib.Path or None
+    """
     if masks_dir is None:
         return None
     for stem in (image_path.stem, image_path.stem + "_mask"):
@@ -90,7 +112,87 @@ def find_mask(masks_dir: Path | None, image_path: Path) -> Path | None:
             p = Path(masks_dir) / (stem + suf)
             if p.is_file():
                 return p
+    if rois:
+        for stem in (image_path.stem + "_rois", image_path.stem):
+            for suf in ROI_SUFFIXES:
+                p = Path(masks_dir) / (stem + suf)
+                if p.is_file():
+                    return p
     return None
+
+
+def rasterize_rois(path, shape) -> np.ndarray:
+    """Rasterise an ImageJ ROI file (``.roi``) or ROI set (``.zip``) into a boolean mask.
+
+    Area ROIs (polygon, freehand, traced, rectangle, oval, composite) are filled the way ImageJ fills them: a
+    pixel is inside when its centre is; composite shapes are filled even-odd (holes stay empty). Line and point
+    ROIs have no area and are ignored.
+
+    Parameters
+    ----------
+    path : path
+        ``.roi`` or ``.zip`` file.
+    shape : tuple of int
+        (height, width) of the image.
+
+    Returns
+    -------
+    numpy.ndarray of bool
+
+    Raises
+    ------
+    ImageReadError
+        Unreadable file, or no area ROI in it.
+    """
+    import roifile
+    from skimage.draw import polygon as fill_polygon
+
+    path = Path(path)
+    try:
+        rois = roifile.roiread(path)
+    except Exception as e:  # roifile raises ValueError, struct.error, zipfile.BadZipFile ...
+        raise ImageReadError(path, f"not a readable ImageJ ROI file: {e}") from None
+    rois = rois if isinstance(rois, list) else [rois]
+    lines = {roifile.ROI_TYPE.LINE, roifile.ROI_TYPE.POLYLINE, roifile.ROI_TYPE.FREELINE, roifile.ROI_TYPE.ANGLE,
+             roifile.ROI_TYPE.POINT, roifile.ROI_TYPE.NOROI}
+    out = np.zeros(tuple(shape), bool)
+    n_area = 0
+    for roi in rois:
+        if roi.roitype in lines and not roi.composite:
+            continue
+        n_area += 1
+        for xy in roi.coordinates(multi=True):
+            xy = np.asarray(xy, np.float64)
+            if len(xy) < 3:
+                continue
+            rr, cc = fill_polygon(xy[:, 1] - 0.5, xy[:, 0] - 0.5, shape=out.shape)  # pixel centres
+            part = np.zeros_like(out)
+            part[rr, cc] = True
+            if roi.composite:
+                out ^= part
+            else:
+                out |= part
+    if rois and n_area == 0:
+        raise ImageReadError(path, "the ROI file holds no area ROI (only lines or points)")
+    return out
+
+
+def read_mask(path, shape) -> np.ndarray:
+    """A training mask as bool, checked against the image shape: an image (binary or label; all-zero allowed)
+    or an ImageJ ROI file / set (:func:`rasterize_rois`).
+
+    Raises
+    ------
+    ImageReadError
+        Unreadable file or a mask image whose shape differs from ``shape``.
+    """
+    path = Path(path)
+    if path.suffix.lower() in ROI_SUFFIXES:
+        return rasterize_rois(path, shape)
+    m = read_image(path, allow_constant=True)
+    if m.shape != tuple(shape):
+        raise ImageReadError(path, f"mask shape {m.shape} differs from the image shape {tuple(shape)}")
+    return m > 0
 
 
 def load_labeled_set(images=None, labels=None, clean=None, artifact=None, masks=None) -> list[Sample]:
@@ -105,7 +207,8 @@ def load_labeled_set(images=None, labels=None, clean=None, artifact=None, masks=
     clean, artifact : path, optional
         Alternatively, one folder of clean and one of artifact images.
     masks : path, optional
-        Folder of binary or label masks for some images (same stem).
+        Folder of binary or label masks for some images (same stem), or ImageJ ROI sets
+        (``<stem>_rois.zip`` / ``.roi``, see :func:`find_mask`).
     """
     pairs: list[tuple[Path, int]] = []
     if labels is not None:
@@ -127,4 +230,4 @@ def load_labeled_set(images=None, labels=None, clean=None, artifact=None, masks=
     mdir = Path(masks) if masks is not None else None
     if mdir is not None and not mdir.is_dir():
         raise LabelFileError(f"{mdir}: masks folder not found")
-    return [Sample(p, lbl, find_mask(mdir, p)) for p, lbl in pairs]
+    return [Sample(p, lbl, find_mask(mdir, p, rois=True)) for p, lbl in pairs]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from artseg_core.io.labels import Sample, load_labeled_set
+from artseg_core.io.labels import Sample, load_labeled_set, read_mask
 from artseg_core.io.images import ImageReadError, read_image
 from artseg_core.imgproc.normalize import normalize
 from artseg_core.evaluation.metrics import image_metrics, pixel_metrics
@@ -49,11 +49,9 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
 
 
 def _read_mask(path: Path, shape) -> np.ndarray:
-    """A binary or label mask (an all-zero mask is allowed) as bool, checked against the image shape."""
-    m = read_image(path, allow_constant=True)
-    if m.shape != tuple(shape):
-        raise ImageReadError(path, f"mask shape {m.shape} differs from the image shape {tuple(shape)}")
-    return m > 0
+    """A binary or label mask (an all-zero mask is allowed) or an ImageJ ROI set, as bool, checked against the
+    image shape."""
+    return read_mask(path, shape)
 
 
 def best_classifier_threshold(y: np.ndarray, p: np.ndarray) -> float:

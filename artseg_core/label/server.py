@@ -10,6 +10,7 @@ Routes (GET unless noted)::
     /api/state                fields in order, labels, model guesses (JSON)
     /api/image?name=&max=     the field as a contrast-stretched PNG, larger side <= max
     /api/mask?name=&max=      the starting mask (saved, model, or empty) as a red RGBA PNG
+    /api/info?name=&max=      preview and full size of a field (JSON)
     POST /api/label           {"name": ..., "label": "clean"|"artifact"|null}  -> rewrites labels.csv
     POST /api/mask?name=      body: PNG drawn in the page -> MASKS/<stem>_mask.tif (0/255)
 """

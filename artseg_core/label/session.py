@@ -123,7 +123,8 @@ class LabelSession:
         self.plane = plane
         self._lock = threading.RLock()
         self._model_lock = threading.Lock()
-        self._cache: OrderedDict = OrderedDict()
+        self._raw: OrderedDict = OrderedDict()   # the last few images read (a 10000x10000 uint16 is 200 MB)
+        self._png: OrderedDict = OrderedDict()   # previews and thumbnails already encoded
         paths = list_images(self.images_dir)
         if not paths:
             raise FileNotFoundError(f"{self.images_dir}: no images (TIFF, PNG or JPEG) in this folder")
@@ -156,16 +157,15 @@ class LabelSession:
             raise FieldNotFound(name) from None
 
     def _read(self, name: str) -> np.ndarray:
-        key = ("raw", name)
         with self._lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key]
+            if name in self._raw:
+                self._raw.move_to_end(name)
+                return self._raw[name]
         img = read_image(self.path(name), self.plane)
         with self._lock:
-            self._cache[key] = img
-            while len(self._cache) > 4:
-                self._cache.popitem(last=False)
+            self._raw[name] = img
+            while len(self._raw) > 3:
+                self._raw.popitem(last=False)
         return img
 
     def _classify(self, name: str) -> float:
@@ -240,10 +240,11 @@ class LabelSession:
         from PIL import Image
 
         max_side = int(np.clip(max_side, 16, MASK_MAX_SIDE))
-        key = ("png", name, max_side)
+        key = (name, max_side)
         with self._lock:
-            if key in self._cache:
-                return self._cache[key]
+            if key in self._png:
+                self._png.move_to_end(key)
+                return self._png[key]
         img = self._read(name)
         a = (normalize(img) * 255.0 + 0.5).astype(np.uint8)
         pic = Image.fromarray(a)
@@ -254,9 +255,9 @@ class LabelSession:
         pic.save(buf, format="PNG", compress_level=1)
         out = (buf.getvalue(), size, tuple(img.shape))
         with self._lock:
-            self._cache[key] = out
-            while len(self._cache) > 64:
-                self._cache.popitem(last=False)
+            self._png[key] = out
+            while sum(len(v[0]) for v in self._png.values()) > 256 * 2 ** 20:
+                self._png.popitem(last=False)
         return out
 
     def mask_path(self, name: str) -> Path | None:

@@ -90,3 +90,12 @@ def test_load_labeled_set_uses_roi_sets(tiny_plate, tmp_path):
     with_mask = [s for s in samples if s.mask_path is not None]
     assert [s.path.stem for s in with_mask] == [name]
     assert np.array_equal(read_mask(with_mask[0].mask_path, truth.shape), lab > 0)
+
+
+def test_training_reads_roi_sets(tmp_path):
+    from artseg_core.io.outputs import write_roi_zip
+    from artseg_core.training.pipeline import _read_mask
+
+    lab = _labels()
+    write_roi_zip(lab, tmp_path / "x_rois.zip")
+    assert np.array_equal(_read_mask(tmp_path / "x_rois.zip", lab.shape), lab > 0)

@@ -283,3 +283,53 @@ def test_model_order_guess_and_mask_in_the_page(plate20, tmp_path, page):
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_full_size_field_zoom_pan_and_paint(tmp_path, page):
+    """A 2556x2156 field (the ArtSeg paper's size) is edited at full resolution: zoom in, pan, paint, save."""
+    from artseg_core.data import phantoms
+    from artseg_core.io.files import write_tiff
+    from artseg_core.io.images import read_image
+    from artseg_core.label import LabelSession, make_server
+
+    (tmp_path / "img").mkdir()
+    f = phantoms.make_field((540, 640), seed=5, artifacts=["fibre"])
+    write_tiff(tmp_path / "img" / "big.tif", np.kron(f.image, np.ones((4, 4), f.image.dtype))[:2156, :2556])
+    s = LabelSession(tmp_path / "img", tmp_path / "labels.csv", masks_dir=tmp_path / "masks")
+    srv = make_server(s)
+    srv.start_background()
+    try:
+        open_app(page, srv.url)
+        page.keyboard.press("m")
+        page.wait_for_function("window.artseg.maskReady === true", timeout=60000)
+        assert page.evaluate("[window.artseg.mask.mask.width, window.artseg.mask.mask.height]") == [2556, 2156]
+        fit_scale = page.evaluate("window.artseg.mask.scale")
+        cx, cy = (round(v) for v in page.evaluate("window.artseg.imageToClient(1800, 1500)"))
+        x0, y0 = page.evaluate(f"(() => {{ const r = document.querySelector('#mask-canvas').getBoundingClientRect();"
+                               f" const M = window.artseg.mask; return [({cx} - r.left - M.ox) / M.scale,"
+                               f" ({cy} - r.top - M.oy) / M.scale]; }})()")  # the image point under the cursor
+        page.mouse.move(cx, cy)
+        for _ in range(8):
+            page.mouse.wheel(0, -100)
+        page.wait_for_timeout(200)
+        scale = page.evaluate("window.artseg.mask.scale")
+        assert scale > 4 * fit_scale
+        assert page.evaluate(f"window.artseg.imageToClient({x0}, {y0})") == pytest.approx([cx, cy], abs=0.5)
+        ox = page.evaluate("window.artseg.mask.ox")
+        page.mouse.move(cx, cy)                         # pan 100 screen pixels left with the right button
+        page.mouse.down(button="right")
+        page.mouse.move(cx - 100, cy, steps=5)
+        page.mouse.up(button="right")
+        assert page.evaluate("window.artseg.mask.ox") == pytest.approx(ox - 100, abs=1.0)
+        page.keyboard.press("b")
+        _drag(page, [(1790, 1500), (1830, 1500)])       # 20 px brush, at full resolution
+        screenshot_checked(page, tmp_path / "zoomed.png")
+        page.keyboard.press("s")
+        page.wait_for_function("document.querySelector('#status').textContent.startsWith('saved ')")
+        m = read_image(tmp_path / "masks" / "big_mask.tif", allow_constant=True)
+        assert m.shape == (2156, 2556)
+        assert (m[1494:1507, 1786:1835] == 255).all()
+        assert (m > 0).sum() < 60 * 25 and (m[:1400] == 0).all()
+    finally:
+        srv.shutdown()
+        srv.server_close()

@@ -133,3 +133,18 @@ def _png(a):
     buf = io.BytesIO()
     Image.fromarray(a).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def test_cli_refuses_bad_labels_and_empty_folders(plate20, tmp_path):
+    from click.testing import CliRunner
+
+    from artseg_core.cli.main import main
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("image,label\nphantom_A01_s1_w1.tif,perhaps\n")
+    r = CliRunner().invoke(main, ["label", str(plate20 / "images"), "--labels", str(bad)])
+    assert r.exit_code == 2 and "line 2" in r.output and "perhaps" in r.output
+    (tmp_path / "empty").mkdir()
+    r = CliRunner().invoke(main, ["label", str(tmp_path / "empty")])
+    assert r.exit_code == 2 and "no images" in r.output
+    assert bad.read_text() == "image,label\nphantom_A01_s1_w1.tif,perhaps\n"  # never rewritten

@@ -1,9 +1,11 @@
 """``train()``: the whole weak-supervision pipeline, from image-level labels to one :class:`ArtifactModel`.
 
 1. classifier (ResNet) on clean/artifact labels;
-2. Score-CAM saliency on the artifact images, optionally multiplied by an edge map, binarised at a threshold
-   chosen on validation masks (or the documented default) -> pseudo-masks;
-3. U-Net trained on the pseudo-masks (clean images give empty masks; hand masks, where given, replace them);
+2. Score-CAM saliency (or, for a MIL classifier head, its own logit map) on the artifact images, optionally
+   multiplied by an edge map, binarised at a threshold chosen on validation masks (or the documented default)
+   -> pseudo-masks;
+3. U-Net trained on the pseudo-masks (clean images are exact background; optionally an ignored band between
+   confident foreground and background; hand masks, where given, enter through their own oversampled loss term);
 4. calibration on the validation split: classifier threshold (best F1), gate, U-Net threshold and minimum object
    size (best mean IoU against validation masks, or against pseudo-masks when there are none);
 5. QC thresholds learned from the clean training images.
@@ -160,8 +162,14 @@ def _classifier_step(prof, cls, f: _Fields, seed, dev, work, progress):
 def _pseudo_mask_step(prof, cls, x_all, f: _Fields, dev, work, keep, progress):
     """Step 2: Score-CAM saliency of every artifact image (optionally edge-refined), binarised at a threshold
     chosen on validation hand masks (or the profile's default) -> pseudo-masks, written to the work folder."""
-    from artseg_core.weak.refine import binarize, default_threshold, refine_saliency, select_threshold
+    from artseg_core.weak.logitmap import LOGIT_THRESHOLD, logit_saliency
+    from artseg_core.weak.refine import binarize, default_threshold, edge_map, refine_saliency, select_threshold
     from artseg_core.weak.scorecam import score_cam
+
+    if prof.cam_source not in ("scorecam", "logit"):
+        raise ValueError(f"unknown saliency source {prof.cam_source!r}; choose scorecam or logit")
+    if prof.cam_source == "logit" and getattr(cls, "pool", "avg") == "avg":
+        raise ValueError("cam_source='logit' needs a MIL classifier head (cls_pool='topk' or 'lse')")
 
     art_idx = np.flatnonzero(f.y == 1)
     saliency: dict[int, np.ndarray] = {}
@@ -170,6 +178,10 @@ def _pseudo_mask_step(prof, cls, x_all, f: _Fields, dev, work, keep, progress):
         from tqdm.auto import tqdm
         it = tqdm(art_idx, desc=f"Score-CAM ({prof.cam_mode})", unit="img")
     for i in it:
+        if prof.cam_source == "logit":  # the MIL head's own evidence map; 0.5 = its decision boundary
+            sal = logit_saliency(cls, x_all[i:i + 1].to(dev), f.imgs[i].shape)
+            saliency[int(i)] = sal * edge_map(f.imgs[i], dilation=prof.edge_dilation) if prof.edge_refine else sal
+            continue
         cam = score_cam(cls, x_all[i:i + 1].to(dev), cls.layer4, target=1, mode=prof.cam_mode,
                         top_k=prof.cam_top_k if prof.cam_mode == "fast" else None)[0]
         saliency[int(i)] = refine_saliency(cam, f.imgs[i], use_edges=prof.edge_refine, dilation=prof.edge_dilation)
@@ -180,6 +192,8 @@ def _pseudo_mask_step(prof, cls, x_all, f: _Fields, dev, work, keep, progress):
         cam_thr_source = f"selected on {len(sel_idx)} masked images"
     else:
         cam_thr = prof.cam_threshold if prof.cam_threshold is not None else default_threshold(prof.edge_refine)
+        if prof.cam_source == "logit":  # the network's own boundary (halved where edges scale the map down)
+            cam_thr = LOGIT_THRESHOLD * (0.5 if prof.edge_refine else 1.0)
         cam_thr, cam_thr_source = float(cam_thr), "profile default (no validation masks)"
     pseudo = {i: binarize(s, cam_thr) for i, s in saliency.items()}
     if keep:  # keep the pseudo-masks where the user can look at them
@@ -191,22 +205,52 @@ def _pseudo_mask_step(prof, cls, x_all, f: _Fields, dev, work, keep, progress):
     info = {"mode": prof.cam_mode, "edge_refine": prof.edge_refine, "threshold": float(cam_thr),
             "threshold_source": cam_thr_source,
             "mean_pseudo_mask_fraction": float(np.mean([m.mean() for m in pseudo.values()]))}
-    return pseudo, info
+    if prof.cam_source != "scorecam" or prof.pseudo_ignore > 0:
+        info.update(source=prof.cam_source, classifier_pool=prof.cls_pool, ignore_band=prof.pseudo_ignore)
+    return pseudo, info, saliency, cam_thr
 
 
-def _unet_step(prof, unet, f: _Fields, pseudo, use_masks_for_training, seed, dev, work, progress):
-    """Step 3: the U-Net on pseudo-masks (clean images give empty masks; hand masks replace pseudo-masks)."""
+def pseudo_target(saliency: np.ndarray, threshold: float, ignore: float) -> np.ndarray:
+    """U-Net target from a saliency map: 1 where ``saliency >= threshold`` (confident foreground); with
+    ``ignore > 0``, :data:`~artseg_core.training.unet.IGNORE` in the band ``[ignore * threshold, threshold)``
+    (left out of the loss) and 0 below it (confident background). ``ignore = 0``: the plain bool pseudo-mask."""
+    from artseg_core.training.unet import IGNORE
+
+    fg = np.asarray(saliency) >= threshold
+    if ignore <= 0:
+        return fg
+    t = np.where(np.asarray(saliency) >= ignore * threshold, IGNORE, 0).astype(np.uint8)
+    t[fg] = 1
+    return t
+
+
+def _unet_step(prof, unet, f: _Fields, saliency, cam_thr, use_masks_for_training, seed, dev, work, progress):
+    """Step 3: the U-Net on pseudo-masks; clean images are exact background (all 0, no ignore band).
+
+    Hand masks: with ``prof.hand_mask_fraction > 0`` their images fill that share of every batch and have a loss
+    term of their own; with 0 they replace the pseudo-masks in the one loss (the earlier behaviour)."""
     from artseg_core.training.unet import UNetFitConfig, fit_unet
+
+    own_loss = use_masks_for_training and prof.hand_mask_fraction > 0
 
     def target(i: int) -> np.ndarray:
         if use_masks_for_training and i in f.true_masks:
             return f.true_masks[i]
-        return pseudo[i] if f.y[i] == 1 else np.zeros(f.imgs[i].shape, bool)
+        if f.y[i] != 1:
+            return np.zeros(f.imgs[i].shape, bool)
+        return pseudo_target(saliency[i], cam_thr, prof.pseudo_ignore)
 
-    return fit_unet(unet, [f.imgs[i] for i in f.tr], [target(i) for i in f.tr],
+    hand = [own_loss and int(i) in f.true_masks for i in f.tr]
+    log.info("U-Net targets: %d hand-masked training fields%s; ignore band %s", sum(hand),
+             f" ({prof.hand_mask_fraction:.0%} of each batch, own loss term)" if any(hand) else "",
+             f"[{prof.pseudo_ignore:g} x threshold, threshold)" if prof.pseudo_ignore > 0 else "none")
+    ufit = fit_unet(unet, [f.imgs[i] for i in f.tr], [target(int(i)) for i in f.tr],
                     UNetFitConfig(steps=unet_training_steps(prof, len(f.tr)), batch_size=prof.unet_batch,
-                                  tile=prof.unet_tile, lr=prof.unet_lr, seed=seed, fast_math=prof.train_fast_math),
-                    device=dev, checkpoint=work / "unet.ckpt", progress=progress)
+                                  tile=prof.unet_tile, lr=prof.unet_lr, seed=seed, fast_math=prof.train_fast_math,
+                                  hand_fraction=prof.hand_mask_fraction, hand_weight=prof.hand_mask_weight),
+                    device=dev, checkpoint=work / "unet.ckpt", progress=progress, hand=hand if any(hand) else None)
+    ufit["hand_masked_fields"] = int(sum(hand))
+    return ufit
 
 
 def _calibrate(model, f: _Fields) -> dict:
@@ -247,7 +291,7 @@ def _summary(f: _Fields, seed, dev, p_all, cfit, cam_info, ufit, calib, threshol
                        "val_metrics": {k: (float(v) if isinstance(v, (int, float, np.floating, np.integer)) else v)
                                        for k, v in vm.items()}},
         "scorecam": cam_info,
-        "unet": {"steps_run": ufit["steps_run"],
+        "unet": {"steps_run": ufit["steps_run"], "hand_masked_fields": ufit.get("hand_masked_fields", 0),
                  "final_loss": ufit["history"][-1]["loss"] if ufit["history"] else None},
         "calibration": {**calib, "classifier_threshold": thresholds["classifier"], "gate": thresholds["gate"]},
         "seconds": seconds,
@@ -268,8 +312,10 @@ def train(images=None, labels=None, *, clean=None, artifact=None, masks=None, pr
         Or a folder of clean and a folder of artifact images.
     masks : path, optional
         Folder with pixel masks for some images (same file stem): used to pick the Score-CAM threshold and to
-        calibrate on validation, and (``use_masks_for_training``) mixed into the U-Net's training targets.
-    profile : {"fast", "paper", "tiny"} or Profile
+        calibrate on validation, and (``use_masks_for_training``) as U-Net targets: through a loss term of their own,
+        with their fields drawn for ``hand_mask_fraction`` of every batch (profile setting; 0 = mixed into the
+        pseudo-masks as before).
+    profile : {"fast", "paper", "tiny", "mil"} or Profile
         Network sizes and budgets (:mod:`artseg_core.profiles`); ``overrides`` change single settings
         (e.g. ``unet_steps=200``). The U-Net runs :func:`~artseg_core.profiles.unet_training_steps` steps (more
         on large training sets), or exactly ``unet_steps`` when that is given here.
@@ -299,9 +345,9 @@ def train(images=None, labels=None, *, clean=None, artifact=None, masks=None, pr
         cls, unet = ArtifactModel.build_networks(prof)
         x_all, p_all, cfit, cls_thr, gate = _classifier_step(prof, cls, f, seed, dev, work, progress)
         t2 = time.perf_counter()
-        pseudo, cam_info = _pseudo_mask_step(prof, cls, x_all, f, dev, work, keep, progress)
+        pseudo, cam_info, saliency, cam_thr = _pseudo_mask_step(prof, cls, x_all, f, dev, work, keep, progress)
         t3 = time.perf_counter()
-        ufit = _unet_step(prof, unet, f, pseudo, use_masks_for_training, seed, dev, work, progress)
+        ufit = _unet_step(prof, unet, f, saliency, cam_thr, use_masks_for_training, seed, dev, work, progress)
         t4 = time.perf_counter()
         model = ArtifactModel(prof, cls, unet, thresholds={"classifier": cls_thr, "gate": gate}, device=dev)
         calib = _calibrate(model, f)

@@ -125,6 +125,8 @@ def main(argv=None) -> dict:
                     help="folder of real images (../shared/data/real): plates on real backgrounds")
     ap.add_argument("--variants", default="weak,weak_edge,strong",
                     help="comma list of weak, weak_edge, weak_mil, strong, masks_K (K = 1, 4, 8, ...)")
+    ap.add_argument("--cls-epochs", type=int, default=None, help="override the profile's classifier epochs")
+    ap.add_argument("--unet-steps", type=int, default=None, help="U-Net steps, exactly (default: the profile's rule)")
     ap.add_argument("--out", type=Path, default=Path("bench_out/accuracy"))
     a = ap.parse_args(argv)
     profile = a.profile or ("tiny" if a.quick else "fast")
@@ -173,8 +175,9 @@ def main(argv=None) -> dict:
         if mil in ckpts:
             shutil.copy(ckpts[mil], wd / "classifier.ckpt")
         t = time.perf_counter()
+        budget = {k: v for k, v in (("cls_epochs", a.cls_epochs), ("unet_steps", a.unet_steps)) if v is not None}
         model = train(trp / "images", trp / "labels.csv", profile=profile, seed=a.seed, work_dir=wd,
-                      progress=False, **kw)
+                      progress=False, **budget, **kw)
         seconds[name] = round(time.perf_counter() - t, 1)
         ckpts.setdefault(mil, wd / "classifier.ckpt")
         model.save(out / f"{name}.artseg")

@@ -1,16 +1,23 @@
 """Accuracy on a held-apart phantom plate: weak vs weak+edges vs strong supervision vs a non-learned baseline.
 
     python bench/accuracy.py [--quick] [--seed 0] [--train-fields 200] [--profile fast] [--out bench_out/accuracy]
+                             [--backgrounds ../shared/data/real] [--test-fields 96] [--variants weak,strong,...]
 
 * weak       image-level labels only; Score-CAM pseudo-masks without edge refinement
 * weak_edge  the same with the edge-map refinement (Sobel magnitude, dilated, normalised)
 * strong     the U-Net trained on the true masks of every training image (the upper bound)
+* weak_mil   the MIL route (issue 14): classifier head pooling the top 2 % of its logit map, that logit map
+             as saliency (its own 0.5 boundary), pseudo-masks with an ignored band (saliency in [0.25, 0.5));
+             it trains its own classifier
+* masks_K    weak_mil plus hand masks of K artifact training fields (own loss term, oversampled)
 * baseline   no learning: pixels that deviate strongly from a smoothed background (robust z-score), cleaned
 All three learned variants share one classifier (same seed, trained once), so they differ only in their U-Net
 targets. Pixel IoU is the mean over the test plate's artifact images; image F1 is the classifier's on the test
 plate; ``local_iou_by_kind`` scores each true object in a window around it, per artifact kind (which kinds
 weak supervision reaches). Prints one final JSON line. ``--train-fields`` asks how the numbers move with the size
-of the labelled plate (the classifier is short of data at 200 fields).
+of the labelled plate (the classifier is short of data at 200 fields). ``clean_empty`` is the fraction of clean
+test fields with no predicted pixel. ``--backgrounds DIR`` builds both plates from real transmitted-light images
+(``bench/real_plate.py``: crops of regions without real artifacts, with composited artifacts) instead of phantoms.
 """
 from __future__ import annotations
 
@@ -63,6 +70,15 @@ def test_set(plate: Path):
     return imgs, truth, labels, types
 
 
+MIL = dict(cls_pool="topk", cls_pool_param=0.02, cam_source="logit", edge_refine=False, pseudo_ignore=0.5)
+
+
+def clean_empty(preds: dict, labels: dict) -> float:
+    """Fraction of clean fields with no predicted pixel."""
+    clean = [s for s in preds if labels[s] == 0]
+    return float(np.mean([not np.asarray(preds[s]).any() for s in clean])) if clean else float("nan")
+
+
 def score_model(model, imgs, truth, labels, types=None) -> dict:
     preds, ys, ps, fl = {}, [], [], []
     for s, im in imgs.items():
@@ -75,12 +91,25 @@ def score_model(model, imgs, truth, labels, types=None) -> dict:
     im = image_metrics(ys, fl, threshold=0.5)
     return {"iou": rep["pixel_artifact_images"]["mean_iou"], "pooled_iou": rep["pixel_artifact_images"]["pooled_iou"],
             "object_f1": rep["object"]["f1"], "image_f1": im["f1"], "image_precision": im["precision"],
-            "image_recall": im["recall"], "image_roc_auc": roc_auc(ys, ps), **_kind_iou(rep)}
+            "image_recall": im["recall"], "image_roc_auc": roc_auc(ys, ps), "clean_empty": clean_empty(preds, labels),
+            **_kind_iou(rep)}
 
 
 def _kind_iou(rep: dict) -> dict:
     """Mean local IoU per artifact kind (each object scored in a window around it; see evaluate.local_iou)."""
     return {"local_iou_by_kind": {k: round(d["mean_local_iou"], 4) for k, d in rep["per_type"].items()}}
+
+
+def _some_masks(plate: Path, k: int, out: Path) -> Path:
+    """A folder with the masks of the first ``k`` artifact training fields (sorted by name): the hand masks."""
+    import csv
+
+    out.mkdir(parents=True)
+    with open(plate / "labels.csv") as fh:
+        art = sorted(Path(r["image"]).stem for r in csv.DictReader(fh) if r["label"] == "artifact")
+    for stem in art[:k]:
+        shutil.copy(plate / "masks" / f"{stem}.tif", out / f"{stem}.tif")
+    return out
 
 
 def main(argv=None) -> dict:
@@ -91,6 +120,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--train-fields", type=int, default=None,
                     help="training fields, rounded to whole fields per well of a 4x10 plate "
                          "(default 200; 48 with --quick)")
+    ap.add_argument("--test-fields", type=int, default=None, help="test fields (default 96; 24 with --quick)")
+    ap.add_argument("--backgrounds", type=Path, default=None,
+                    help="folder of real images (../shared/data/real): plates on real backgrounds")
+    ap.add_argument("--variants", default="weak,weak_edge,strong",
+                    help="comma list of weak, weak_edge, weak_mil, strong, masks_K (K = 1, 4, 8, ...)")
+    ap.add_argument("--cls-epochs", type=int, default=None, help="override the profile's classifier epochs")
+    ap.add_argument("--unet-steps", type=int, default=None, help="U-Net steps, exactly (default: the profile's rule)")
     ap.add_argument("--out", type=Path, default=Path("bench_out/accuracy"))
     a = ap.parse_args(argv)
     profile = a.profile or ("tiny" if a.quick else "fast")
@@ -108,40 +144,67 @@ def main(argv=None) -> dict:
             ap.error("--train-fields must be >= 1")
         tr_shape = dict(rows=4, cols=10, fields=max(1, round(a.train_fields / 40)))
     te_shape = dict(rows=2, cols=6, fields=2) if a.quick else dict(rows=4, cols=12, fields=2)
-    make_plate(trp, **tr_shape, prevalence=0.5, seed=a.seed, shape=(size, size), plate="train")
-    make_plate(tep, **te_shape, prevalence=0.5, seed=a.seed + 1000, shape=(size, size), plate="test")
+    n_tr, n_te = int(np.prod(list(tr_shape.values()))), int(np.prod(list(te_shape.values())))
+    if a.test_fields is not None:
+        n_te = a.test_fields
+        te_shape = dict(rows=4, cols=12, fields=max(1, round(n_te / 48)))
+    if a.backgrounds is not None:
+        from real_plate import make_real_plate
+
+        make_real_plate(trp, n_tr, "train", prevalence=0.5, seed=a.seed, size=size, root=a.backgrounds)
+        make_real_plate(tep, n_te, "test", prevalence=0.5, seed=a.seed + 1000, size=size, root=a.backgrounds)
+    else:
+        make_plate(trp, **tr_shape, prevalence=0.5, seed=a.seed, shape=(size, size), plate="train")
+        make_plate(tep, **te_shape, prevalence=0.5, seed=a.seed + 1000, shape=(size, size), plate="test")
     imgs, truth, labels, types = test_set(tep)
     results, seconds = {}, {}
-    variants = [("weak", dict(edge_refine=False)), ("weak_edge", dict(edge_refine=True)),
-                ("strong", dict(masks=trp / "masks", use_masks_for_training=True))]
-    first_ckpt = None
+    catalogue = {"weak": dict(edge_refine=False), "weak_edge": dict(edge_refine=True), "weak_mil": dict(MIL),
+                 "strong": dict(masks=trp / "masks", use_masks_for_training=True)}
+    names = [v.strip() for v in a.variants.split(",") if v.strip()]
+    for v in names:
+        if v.startswith("masks_") and v[6:].isdigit():
+            catalogue[v] = dict(MIL, masks=_some_masks(trp, int(v[6:]), out / f"hand_{v}"))
+        elif v not in catalogue:
+            ap.error(f"unknown variant {v!r}")
+    variants = [(v, catalogue[v]) for v in names]
+    ckpts: dict[bool, Path] = {}  # one classifier per head kind (average or MIL), shared by its variants
     for name, kw in variants:
         wd = out / f"work_{name}"
         wd.mkdir(parents=True)
-        if first_ckpt is not None:  # the same classifier for every variant
-            shutil.copy(first_ckpt, wd / "classifier.ckpt")
+        mil = "cls_pool" in kw
+        if mil in ckpts:
+            shutil.copy(ckpts[mil], wd / "classifier.ckpt")
         t = time.perf_counter()
+        budget = {k: v for k, v in (("cls_epochs", a.cls_epochs), ("unet_steps", a.unet_steps)) if v is not None}
         model = train(trp / "images", trp / "labels.csv", profile=profile, seed=a.seed, work_dir=wd,
-                      progress=False, **kw)
+                      progress=False, **budget, **kw)
         seconds[name] = round(time.perf_counter() - t, 1)
-        first_ckpt = first_ckpt or wd / "classifier.ckpt"
+        ckpts.setdefault(mil, wd / "classifier.ckpt")
         model.save(out / f"{name}.artseg")
         results[name] = score_model(load_model(out / f"{name}.artseg"), imgs, truth, labels, types)
         print(name, results[name], f"{seconds[name]} s", flush=True)
-    base = evaluate_arrays({s: baseline_mask(im) for s, im in imgs.items()}, truth, types=types)
+    base_preds = {s: baseline_mask(im) for s, im in imgs.items()}
+    base = evaluate_arrays(base_preds, truth, types=types)
     results["baseline"] = {"iou": base["pixel_artifact_images"]["mean_iou"],
                            "pooled_iou": base["pixel_artifact_images"]["pooled_iou"], "object_f1": base["object"]["f1"],
-                           **_kind_iou(base)}
+                           "clean_empty": clean_empty(base_preds, labels), **_kind_iou(base)}
+    r4 = {v: {k: (round(x, 4) if isinstance(x, float) else x) for k, x in r.items() if k != "local_iou_by_kind"}
+          for v, r in results.items()}
+    weak_best = max((results[v]["iou"] for v in ("weak", "weak_edge", "weak_mil") if v in results), default=None)
     line = {
         "bench": "accuracy", "profile": profile, "image_size": size,
-        "n_train": int(np.prod(list(tr_shape.values()))), "n_test": len(imgs),
-        "weak_iou": round(results["weak"]["iou"], 4), "weak_edge_iou": round(results["weak_edge"]["iou"], 4),
-        "strong_iou": round(results["strong"]["iou"], 4), "baseline_iou": round(results["baseline"]["iou"], 4),
-        "image_f1": round(results["weak"]["image_f1"], 4), "image_roc_auc": round(results["weak"]["image_roc_auc"], 4),
-        "weak_over_strong": round(max(results["weak"]["iou"], results["weak_edge"]["iou"])
-                                  / max(results["strong"]["iou"], 1e-9), 3),
+        "plate": f"real backgrounds ({a.backgrounds})" if a.backgrounds is not None else "phantom",
+        "n_train": int(len(list((trp / "images").iterdir()))), "n_test": len(imgs),
+        **{f"{v}_iou": r4[v]["iou"] for v in results},
+        **{f"{v}_clean_empty": r4[v]["clean_empty"] for v in results},
+        **{f"{v}_image_f1": r4[v]["image_f1"] for v in results if "image_f1" in r4[v]},
+        **{f"{v}_image_roc_auc": r4[v]["image_roc_auc"] for v in results if "image_roc_auc" in r4[v]},
+        "image_f1": r4[names[0]]["image_f1"], "image_roc_auc": r4[names[0]]["image_roc_auc"],
+        "weak_over_strong": (round(weak_best / max(results["strong"]["iou"], 1e-9), 3)
+                             if weak_best is not None and "strong" in results else None),
+        "train_s": seconds,
         "local_iou_by_kind": {k: {v: results[v]["local_iou_by_kind"].get(k) for v in results}
-                              for k in sorted(results["weak"]["local_iou_by_kind"])},
+                              for k in sorted(set().union(*(r["local_iou_by_kind"] for r in results.values())))},
         "details": results, "seconds": {**seconds, "total": round(time.perf_counter() - t0, 1)},
     }
     print(json.dumps(line))

@@ -118,12 +118,15 @@ class TrainingPrecision:
 
 
 def training_precision(model: nn.Module, device="cpu", fast_math: bool = False) -> TrainingPrecision:
-    """Fast training maths when asked for: channels-last always, bf16 autocast only where bf16 is native
-    (:func:`bf16_supported`); otherwise fp32 NCHW, the reference path."""
+    """Fast training maths when asked for and where bf16 is native (:func:`bf16_supported`): channels-last with
+    bf16 autocast; otherwise fp32 NCHW, the reference path.
+
+    Channels-last alone is not used for training: without native bf16 it gains little, and on AVX2-only CPUs the
+    CPU build of torch 2.13 aborts in the backward pass of a channels-last ResNet ("double free or corruption").
+    """
     dev = torch.device(device)
-    if not fast_math:
-        return TrainingPrecision(model, False, False, dev)
-    return TrainingPrecision(model, True, bf16_supported(dev), dev)
+    fast = bool(fast_math) and bf16_supported(dev)
+    return TrainingPrecision(model, fast, fast, dev)
 
 
 def set_threads(n: int | None = None) -> int:

@@ -4,6 +4,9 @@
            (Ali et al., Sci Rep 2022). Accurate but slow on a CPU; meant for a GPU (``--device cuda``).
 ``fast``   ResNet18 at quarter width and a 16-filter, 4-level U-Net on 2x down-sampled input: the CPU profile.
 ``tiny``   the smallest thing that learns the phantoms; for tests and smoke runs.
+``mil``    ``fast`` with the multiple-instance route of issue 14: the classifier pools the top 2 % of its logit map
+           (not the global average), that map is the saliency (its own decision boundary as the threshold), and the
+           U-Net ignores the uncertain band of the pseudo-masks. Same network sizes and budgets as ``fast``.
 """
 from __future__ import annotations
 
@@ -23,12 +26,16 @@ class Profile:
     cls_lr: float = 0.002        # Adam, as in the paper
     cls_plateau: int = 10        # ReduceLROnPlateau(x0.1) patience in epochs
     cls_early_stop: int = 20     # stop after this many epochs without improvement
+    cls_pool: str = "avg"        # image score: global average (paper) | topk | lse (MIL pooling of the logit map)
+    cls_pool_param: float = 0.02  # topk: fraction of layer4 positions; lse: sharpness r
     # Score-CAM pseudo-masks
     cam_mode: str = "fast"       # exact | paper | fast
     cam_top_k: int = 32          # channels kept in fast mode
     edge_refine: bool = True
     cam_threshold: float | None = None   # pseudo-mask threshold without validation masks (None: refine's default)
     edge_dilation: int = 5
+    cam_source: str = "scorecam"  # saliency: scorecam | logit (the MIL head's own evidence map)
+    pseudo_ignore: float = 0.0   # >0: saliency in [ignore * threshold, threshold) is left out of the U-Net loss
     # U-Net
     unet_width: int = 64
     unet_levels: int = 5
@@ -38,6 +45,8 @@ class Profile:
     unet_crops_per_image: int = 0  # more steps for large training sets: each image gives about this many crops
     unet_batch: int = 4
     unet_lr: float = 1e-3
+    hand_mask_fraction: float = 0.25  # share of U-Net crops drawn from hand-masked fields (own loss term)
+    hand_mask_weight: float = 1.0     # weight of the hand-mask loss term against the pseudo-mask term
     # both trainings
     train_fast_math: bool = False  # channels-last + bf16 autocast where bf16 is native (fp32 is the reference)
     # prediction
@@ -72,6 +81,8 @@ PROFILES: dict[str, Profile] = {
                     cls_epochs=40, cls_batch=16, cam_mode="fast", cam_top_k=16, unet_width=8, unet_levels=3,
                     unet_scale=2, unet_tile=128, unet_steps=400, unet_batch=8, unet_lr=3e-3, predict_tile=512),
 }
+PROFILES["mil"] = PROFILES["fast"].with_overrides(name="mil", cls_pool="topk", cls_pool_param=0.02, cam_source="logit",
+                                                  edge_refine=False, pseudo_ignore=0.5)
 
 
 def unet_training_steps(profile: Profile, n_train: int) -> int:

@@ -8,14 +8,25 @@ The last convolutional block used by CAM methods is ``model.layer4``.
 
 Architecture: He et al., "Deep Residual Learning for Image Recognition", CVPR 2016
 (stride on the 3x3 conv of the bottleneck, as torchvision's "ResNet v1.5").
+
+Besides the global average pool of the paper (``pool="avg"``) the head can pool *multiple-instance* style
+(``pool="topk"`` or ``"lse"``): ``fc`` is applied at every position of ``layer4`` as a 1x1 convolution, giving a
+map of artifact logits (:meth:`ResNet.logit_map`), and the image score is the mean of its top-k positions or its
+log-sum-exp. A small artifact then decides the image's score instead of being averaged away by a clean field
+(Ilse et al., "Attention-based deep multiple instance learning", ICML 2018, review MIL pooling operators;
+log-sum-exp pooling: Pinheiro & Collobert, "From image-level to pixel-level labeling with convolutional
+networks", CVPR 2015; top-k / "max+min" instance pooling: Durand et al., "WILDCAT", CVPR 2017). The weights and the
+state_dict are the same in every mode, so Score-CAM, torchvision weights and saved models work unchanged.
 """
 from __future__ import annotations
 
+import math
 from typing import Mapping
 
 import numpy as np
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -28,7 +39,34 @@ __all__ = [
     "build_resnet",
     "load_torchvision_state_dict",
     "ARCHS",
+    "POOLS",
+    "mil_pool",
 ]
+
+#: Image-score pooling of the classifier head: global average (the paper), top-k mean or log-sum-exp (MIL).
+POOLS = ("avg", "topk", "lse")
+
+
+def mil_pool(d: torch.Tensor, kind: str, param: float) -> torch.Tensor:
+    """Pool a map of artifact evidence ``d`` (N, H, W) to one score per image (N,).
+
+    ``kind="topk"``: the mean of the ``ceil(param * H * W)`` largest values (``param`` = fraction of positions,
+    at least one). ``kind="lse"``: ``log(mean(exp(param * d))) / param`` (``param`` = sharpness r: r -> 0 gives
+    the mean, r -> inf the maximum). ``kind="avg"``: the plain mean.
+    """
+    flat = d.flatten(1)
+    if kind == "avg":
+        return flat.mean(1)
+    if kind == "topk":
+        k = max(1, min(flat.shape[1], int(math.ceil(float(param) * flat.shape[1]))))
+        return flat.topk(k, dim=1).values.mean(1)
+    if kind == "lse":
+        r = float(param)
+        return (torch.logsumexp(r * flat, dim=1) - math.log(flat.shape[1])) / r
+    raise ValueError(f"unknown pooling {kind!r}; choose one of {POOLS}")
+
+
+torch.fx.wrap("mil_pool")  # a leaf for torch.fx tracing (BatchNorm folding traces the classifier)
 
 
 def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -101,10 +139,14 @@ class ResNet(nn.Module):
         Output logits.
     width : int
         Channels of the stem and ``layer1`` (64 = standard); every stage scales with it.
+    pool : {"avg", "topk", "lse"}
+        Image-score pooling (see the module docstring); ``topk`` and ``lse`` need ``num_classes=2``.
+    pool_param : float
+        Fraction of positions for ``topk``, sharpness r for ``lse``.
     """
 
     def __init__(self, block, layers, in_channels: int = 1, num_classes: int = 2, width: int = 64,
-                 layer4_stride: int = 2):
+                 layer4_stride: int = 2, pool: str = "avg", pool_param: float = 0.02):
         super().__init__()
         if in_channels < 1 or num_classes < 1 or width < 1:
             raise ValueError(
@@ -112,6 +154,13 @@ class ResNet(nn.Module):
             )
         if len(layers) != 4:
             raise ValueError(f"layers must have 4 entries, got {list(layers)}")
+        if pool not in POOLS:
+            raise ValueError(f"unknown pooling {pool!r}; choose one of {POOLS}")
+        if pool != "avg" and num_classes != 2:
+            raise ValueError(f"pool={pool!r} scores artifact against clean: it needs num_classes=2")
+        if pool != "avg" and not float(pool_param) > 0:
+            raise ValueError(f"pool_param must be > 0, got {pool_param}")
+        self.pool, self.pool_param = pool, float(pool_param)
         self.arch_block = block
         self.in_channels = in_channels
         self.num_classes = num_classes
@@ -153,9 +202,22 @@ class ResNet(nn.Module):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
+    def logit_map(self, feats: torch.Tensor) -> torch.Tensor:
+        """``fc`` applied at every position of ``layer4`` activations: (N, num_classes, h, w) class logits."""
+        return F.conv2d(feats, self.fc.weight[:, :, None, None], self.fc.bias)
+
+    def evidence_map(self, feats: torch.Tensor) -> torch.Tensor:
+        """Artifact-minus-clean logit at every position (N, h, w): what the MIL head pools."""
+        m = self.logit_map(feats)
+        return m[:, 1] - m[:, 0]
+
     def head(self, feats: torch.Tensor) -> torch.Tensor:
-        """Logits from ``layer4`` activations (global average pool + ``fc``)."""
-        return self.fc(torch.flatten(self.avgpool(feats), 1))
+        """Logits from ``layer4`` activations: global average pool + ``fc`` or, for ``topk``/``lse``, the pooled
+        evidence map ``z`` as logits ``(-z/2, z/2)`` (softmax gives p_artifact = sigmoid(z))."""
+        if self.pool == "avg":
+            return self.fc(torch.flatten(self.avgpool(feats), 1))
+        z = mil_pool(self.evidence_map(feats), self.pool, self.pool_param)
+        return torch.stack([-0.5 * z, 0.5 * z], 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits, shape (N, num_classes)."""
@@ -166,7 +228,7 @@ ARCHS = {"resnet18": (BasicBlock, (2, 2, 2, 2)), "resnet50": (Bottleneck, (3, 4,
 
 
 def build_resnet(arch: str, in_channels: int = 1, num_classes: int = 2, width: int = 64,
-                 layer4_stride: int = 2) -> ResNet:
+                 layer4_stride: int = 2, pool: str = "avg", pool_param: float = 0.02) -> ResNet:
     """Build a ResNet by name.
 
     Parameters
@@ -177,6 +239,8 @@ def build_resnet(arch: str, in_channels: int = 1, num_classes: int = 2, width: i
     layer4_stride : {2, 1}
         2 = standard; 1 keeps the last block at 1/16 of the input size for finer class activation maps
         (same parameters and state_dict layout).
+    pool, pool_param
+        Image-score pooling, see :class:`ResNet` (same parameters and state_dict layout in every mode).
 
     Returns
     -------
@@ -189,7 +253,7 @@ def build_resnet(arch: str, in_channels: int = 1, num_classes: int = 2, width: i
     if layer4_stride not in (1, 2):
         raise ValueError(f"layer4_stride must be 1 or 2, got {layer4_stride}")
     model = ResNet(block, layers, in_channels=in_channels, num_classes=num_classes, width=width,
-                   layer4_stride=layer4_stride)
+                   layer4_stride=layer4_stride, pool=pool, pool_param=pool_param)
     model.arch = key
     return model
 

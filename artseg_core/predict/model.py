@@ -150,7 +150,8 @@ class ArtifactModel:
         from artseg_core.nets.unet import ArtSegUNet
 
         cls = build_resnet(profile.arch, in_channels=1, num_classes=2, width=profile.cls_width,
-                           layer4_stride=profile.cls_layer4_stride)
+                           layer4_stride=profile.cls_layer4_stride, pool=profile.cls_pool,
+                           pool_param=profile.cls_pool_param)
         unet = ArtSegUNet(in_channels=1, out_channels=1, width=profile.unet_width, levels=profile.unet_levels,
                           scale=profile.unet_scale)
         return cls, unet

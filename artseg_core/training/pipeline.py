@@ -1,18 +1,25 @@
 """``train()``: the whole weak-supervision pipeline, from image-level labels to one :class:`ArtifactModel`.
 
 1. classifier (ResNet) on clean/artifact labels;
-2. Score-CAM saliency on the artifact images, optionally multiplied by an edge map, binarised at a threshold
-   chosen on validation masks (or the documented default) -> pseudo-masks;
-3. U-Net trained on the pseudo-masks (clean images give empty masks; hand masks, where given, replace them);
+2. Score-CAM saliency (or, for a MIL classifier head, its own logit map) on the artifact images, optionally
+   multiplied by an edge map, binarised at a threshold chosen on validation masks (or the documented default)
+   -> pseudo-masks;
+3. U-Net trained on the pseudo-masks (clean images are exact background; optionally an ignored band between
+   confident foreground and background; hand masks, where given, enter through their own oversampled loss term);
 4. calibration on the validation split: classifier threshold (best F1), gate, U-Net threshold and minimum object
    size (best mean IoU against validation masks, or against pseudo-masks when there are none);
 5. QC thresholds learned from the clean training images.
+
+:func:`train` reads as these steps; each is one function below (``_read_fields``, ``_classifier_step``,
+``_pseudo_mask_step``, ``_unet_step``, ``_calibrate``, ``_summary``).
 """
 from __future__ import annotations
 
 import logging
 import tempfile
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +75,227 @@ def best_classifier_threshold(y: np.ndarray, p: np.ndarray) -> float:
     return best
 
 
+@dataclass
+class _Fields:
+    """Every readable training image, normalised once, with its label, QC scores, hand mask and split."""
+    samples: list
+    imgs: list
+    qscores: list
+    skipped: list
+    y: np.ndarray
+    true_masks: dict
+    tr: np.ndarray
+    va: np.ndarray
+
+
+def _resolve_profile(profile, cam_mode, edge_refine, overrides):
+    prof = get_profile(profile, **overrides)
+    if overrides.get("unet_steps") is not None and "unet_crops_per_image" not in overrides:
+        prof = prof.with_overrides(unet_crops_per_image=0)  # steps asked for explicitly: exactly that many
+    if cam_mode is not None or edge_refine is not None:
+        prof = prof.with_overrides(cam_mode=cam_mode, edge_refine=edge_refine)
+    return prof
+
+
+@contextmanager
+def _work_folder(work_dir):
+    """(folder, kept): the user's ``work_dir`` (kept) or a temporary folder removed afterwards."""
+    if work_dir is not None:
+        work = Path(work_dir)
+        work.mkdir(parents=True, exist_ok=True)
+        yield work, True
+        return
+    with tempfile.TemporaryDirectory(prefix="artseg-train-") as tmp:
+        yield Path(tmp), False
+
+
+def _read_fields(samples, plane, val_fraction, seed, progress) -> _Fields:
+    """Step 0: read and normalise every image once (QC scores from the raw pixels), hand masks, split."""
+    imgs, kept, qscores, skipped = [], [], [], []
+    it = samples
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(samples, desc="reading", unit="img")
+    for s in it:
+        try:
+            raw = read_image(s.path, plane=plane)
+        except ImageReadError as e:
+            log.warning("skipping %s", e)
+            skipped.append(str(e))
+            continue
+        imgs.append(normalize(raw))
+        qscores.append(quality_scores(raw))
+        kept.append(s)
+    y = np.array([s.label for s in kept], int)
+    if y.sum() == 0 or y.sum() == len(y):
+        raise ValueError("after skipping unreadable files, training needs both clean and artifact images")
+    true_masks = {i: _read_mask(s.mask_path, imgs[i].shape) for i, s in enumerate(kept) if s.mask_path is not None}
+    tr, va = stratified_split(y, val_fraction, seed)
+    log.info("training set: %d images (%d artifact), validation: %d, masks: %d, skipped: %d",
+             len(tr), int(y[tr].sum()), len(va), len(true_masks), len(skipped))
+    return _Fields(kept, imgs, qscores, skipped, y, true_masks, tr, va)
+
+
+def _classifier_step(prof, cls, f: _Fields, seed, dev, work, progress):
+    """Step 1: fit the classifier; its validation threshold (best F1) and the U-Net gate."""
+    import torch
+
+    from artseg_core.nets.resnet import resize_for_classifier
+    from artseg_core.training.classifier import ClassifierFitConfig, fit_classifier, predict_proba
+
+    y, tr, va = f.y, f.tr, f.va
+    x_all = torch.cat([resize_for_classifier(im, prof.cls_size) for im in f.imgs])
+    cfit = fit_classifier(cls, x_all[tr], y[tr], x_all[va] if len(va) else None, y[va] if len(va) else None,
+                          ClassifierFitConfig(epochs=prof.cls_epochs, batch_size=prof.cls_batch, lr=prof.cls_lr,
+                                              plateau=prof.cls_plateau, early_stop=prof.cls_early_stop, seed=seed,
+                                              fast_math=prof.train_fast_math),
+                          device=dev, checkpoint=work / "classifier.ckpt", progress=progress)
+    p_all = predict_proba(cls, x_all, device=dev)
+    cls_thr = best_classifier_threshold(y[va], p_all[va]) if len(va) else 0.5
+    art_val = p_all[va][y[va] == 1] if len(va) else np.array([])
+    gate = float(np.clip(min(0.5 * cls_thr, 0.5 * art_val.min() if art_val.size else 0.5 * cls_thr), 1e-3, cls_thr))
+    return x_all, p_all, cfit, cls_thr, gate
+
+
+def _pseudo_mask_step(prof, cls, x_all, f: _Fields, dev, work, keep, progress):
+    """Step 2: Score-CAM saliency of every artifact image (optionally edge-refined), binarised at a threshold
+    chosen on validation hand masks (or the profile's default) -> pseudo-masks, written to the work folder."""
+    from artseg_core.weak.logitmap import LOGIT_THRESHOLD, logit_saliency
+    from artseg_core.weak.refine import binarize, default_threshold, edge_map, refine_saliency, select_threshold
+    from artseg_core.weak.scorecam import score_cam
+
+    if prof.cam_source not in ("scorecam", "logit"):
+        raise ValueError(f"unknown saliency source {prof.cam_source!r}; choose scorecam or logit")
+    if prof.cam_source == "logit" and getattr(cls, "pool", "avg") == "avg":
+        raise ValueError("cam_source='logit' needs a MIL classifier head (cls_pool='topk' or 'lse')")
+
+    art_idx = np.flatnonzero(f.y == 1)
+    saliency: dict[int, np.ndarray] = {}
+    it = art_idx
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(art_idx, desc=f"Score-CAM ({prof.cam_mode})", unit="img")
+    for i in it:
+        if prof.cam_source == "logit":  # the MIL head's own evidence map; 0.5 = its decision boundary
+            sal = logit_saliency(cls, x_all[i:i + 1].to(dev), f.imgs[i].shape)
+            saliency[int(i)] = sal * edge_map(f.imgs[i], dilation=prof.edge_dilation) if prof.edge_refine else sal
+            continue
+        cam = score_cam(cls, x_all[i:i + 1].to(dev), cls.layer4, target=1, mode=prof.cam_mode,
+                        top_k=prof.cam_top_k if prof.cam_mode == "fast" else None)[0]
+        saliency[int(i)] = refine_saliency(cam, f.imgs[i], use_edges=prof.edge_refine, dilation=prof.edge_dilation)
+    with_masks = [i for i in art_idx if i in f.true_masks]
+    sel_idx = [i for i in with_masks if i in set(f.va.tolist())] or with_masks
+    if sel_idx:
+        cam_thr, _table = select_threshold([saliency[i] for i in sel_idx], [f.true_masks[i] for i in sel_idx])
+        cam_thr_source = f"selected on {len(sel_idx)} masked images"
+    else:
+        cam_thr = prof.cam_threshold if prof.cam_threshold is not None else default_threshold(prof.edge_refine)
+        if prof.cam_source == "logit":  # the network's own boundary (halved where edges scale the map down)
+            cam_thr = LOGIT_THRESHOLD * (0.5 if prof.edge_refine else 1.0)
+        cam_thr, cam_thr_source = float(cam_thr), "profile default (no validation masks)"
+    pseudo = {i: binarize(s, cam_thr) for i, s in saliency.items()}
+    if keep:  # keep the pseudo-masks where the user can look at them
+        from artseg_core.io.files import write_tiff
+
+        (work / "pseudo_masks").mkdir(exist_ok=True)
+        for i, m in pseudo.items():
+            write_tiff(work / "pseudo_masks" / f"{f.samples[i].path.stem}.tif", (m * 255).astype(np.uint8))
+    info = {"mode": prof.cam_mode, "edge_refine": prof.edge_refine, "threshold": float(cam_thr),
+            "threshold_source": cam_thr_source,
+            "mean_pseudo_mask_fraction": float(np.mean([m.mean() for m in pseudo.values()]))}
+    if prof.cam_source != "scorecam" or prof.pseudo_ignore > 0:
+        info.update(source=prof.cam_source, classifier_pool=prof.cls_pool, ignore_band=prof.pseudo_ignore)
+    return pseudo, info, saliency, cam_thr
+
+
+def pseudo_target(saliency: np.ndarray, threshold: float, ignore: float) -> np.ndarray:
+    """U-Net target from a saliency map: 1 where ``saliency >= threshold`` (confident foreground); with
+    ``ignore > 0``, :data:`~artseg_core.training.unet.IGNORE` in the band ``[ignore * threshold, threshold)``
+    (left out of the loss) and 0 below it (confident background). ``ignore = 0``: the plain bool pseudo-mask."""
+    from artseg_core.training.unet import IGNORE
+
+    fg = np.asarray(saliency) >= threshold
+    if ignore <= 0:
+        return fg
+    t = np.where(np.asarray(saliency) >= ignore * threshold, IGNORE, 0).astype(np.uint8)
+    t[fg] = 1
+    return t
+
+
+def _unet_step(prof, unet, f: _Fields, saliency, cam_thr, use_masks_for_training, seed, dev, work, progress):
+    """Step 3: the U-Net on pseudo-masks; clean images are exact background (all 0, no ignore band).
+
+    Hand masks: with ``prof.hand_mask_fraction > 0`` their images fill that share of every batch and have a loss
+    term of their own; with 0 they replace the pseudo-masks in the one loss (the earlier behaviour)."""
+    from artseg_core.training.unet import UNetFitConfig, fit_unet
+
+    own_loss = use_masks_for_training and prof.hand_mask_fraction > 0
+
+    def target(i: int) -> np.ndarray:
+        if use_masks_for_training and i in f.true_masks:
+            return f.true_masks[i]
+        if f.y[i] != 1:
+            return np.zeros(f.imgs[i].shape, bool)
+        return pseudo_target(saliency[i], cam_thr, prof.pseudo_ignore)
+
+    hand = [own_loss and int(i) in f.true_masks for i in f.tr]
+    log.info("U-Net targets: %d hand-masked training fields%s; ignore band %s", sum(hand),
+             f" ({prof.hand_mask_fraction:.0%} of each batch, own loss term)" if any(hand) else "",
+             f"[{prof.pseudo_ignore:g} x threshold, threshold)" if prof.pseudo_ignore > 0 else "none")
+    ufit = fit_unet(unet, [f.imgs[i] for i in f.tr], [target(int(i)) for i in f.tr],
+                    UNetFitConfig(steps=unet_training_steps(prof, len(f.tr)), batch_size=prof.unet_batch,
+                                  tile=prof.unet_tile, lr=prof.unet_lr, seed=seed, fast_math=prof.train_fast_math,
+                                  hand_fraction=prof.hand_mask_fraction, hand_weight=prof.hand_mask_weight),
+                    device=dev, checkpoint=work / "unet.ckpt", progress=progress, hand=hand if any(hand) else None)
+    ufit["hand_masked_fields"] = int(sum(hand))
+    return ufit
+
+
+def _calibrate(model, f: _Fields) -> dict:
+    """Step 4: U-Net threshold and minimum object size on the validation split (into ``model.thresholds``)."""
+    from artseg_core.imgproc.postprocess import clean_mask
+
+    cal_idx = [int(i) for i in (f.va if len(f.va) else f.tr) if int(i) in f.true_masks or f.y[i] == 0]
+    if any(i in f.true_masks for i in cal_idx):
+        # U-Net threshold and minimum size: best mean IoU against hand masks (clean images count with empty masks)
+        probs = {i: model.segment(f.imgs[i]) for i in cal_idx}
+        refs = {i: f.true_masks.get(i, np.zeros(f.imgs[i].shape, bool)) for i in cal_idx}
+        best = (-1.0, DEFAULT_THRESHOLDS["unet"], DEFAULT_THRESHOLDS["min_size"])
+        for thr in UNET_THRESHOLDS:
+            for ms in MIN_SIZES:
+                score = float(np.mean([pixel_metrics(clean_mask(probs[i], thr, ms), refs[i])["iou"] for i in probs]))
+                if score > best[0] + 1e-9:
+                    best = (score, thr, ms)
+        val_iou, unet_thr, min_size = best
+        ref_kind = f"hand masks of {sum(i in f.true_masks for i in cal_idx)} validation images"
+    else:
+        # Without hand masks, matching the (blurry, over-large) pseudo-masks would only copy their errors: keep the
+        # documented defaults; the U-Net's own probabilities are better calibrated than its training targets.
+        val_iou, unet_thr, min_size = None, DEFAULT_THRESHOLDS["unet"], DEFAULT_THRESHOLDS["min_size"]
+        ref_kind = "none (no hand masks): documented defaults"
+    model.thresholds.update(unet=float(unet_thr), min_size=int(min_size))
+    return {"val_iou": val_iou, "reference": ref_kind, "unet_threshold": unet_thr, "min_size": min_size}
+
+
+def _summary(f: _Fields, seed, dev, p_all, cfit, cam_info, ufit, calib, thresholds, seconds) -> dict:
+    y, va = f.y, f.va
+    vm = image_metrics(y[va], p_all[va], threshold=thresholds["classifier"]) \
+        if len(va) and y[va].min() != y[va].max() else {}
+    return {
+        "n_images": int(len(y)), "n_artifact": int(y.sum()), "n_clean": int(len(y) - y.sum()),
+        "n_train": int(len(f.tr)), "n_val": int(len(va)), "n_masks": len(f.true_masks), "skipped": f.skipped,
+        "seed": seed, "device": dev,
+        "classifier": {"epochs_run": cfit["epochs_run"], "best_epoch": cfit["best_epoch"],
+                       "val_metrics": {k: (float(v) if isinstance(v, (int, float, np.floating, np.integer)) else v)
+                                       for k, v in vm.items()}},
+        "scorecam": cam_info,
+        "unet": {"steps_run": ufit["steps_run"], "hand_masked_fields": ufit.get("hand_masked_fields", 0),
+                 "final_loss": ufit["history"][-1]["loss"] if ufit["history"] else None},
+        "calibration": {**calib, "classifier_threshold": thresholds["classifier"], "gate": thresholds["gate"]},
+        "seconds": seconds,
+    }
+
+
 def train(images=None, labels=None, *, clean=None, artifact=None, masks=None, profile="fast",
           val_fraction: float = 0.2, seed: int = 0, device: str = "auto", work_dir=None, progress: bool = True,
           cam_mode: str | None = None, edge_refine: bool | None = None, use_masks_for_training: bool = True,
@@ -83,8 +311,10 @@ def train(images=None, labels=None, *, clean=None, artifact=None, masks=None, pr
         Or a folder of clean and a folder of artifact images.
     masks : path, optional
         Folder with pixel masks for some images (same file stem): used to pick the Score-CAM threshold and to
-        calibrate on validation, and (``use_masks_for_training``) mixed into the U-Net's training targets.
-    profile : {"fast", "paper", "tiny"} or Profile
+        calibrate on validation, and (``use_masks_for_training``) as U-Net targets: through a loss term of their own,
+        with their fields drawn for ``hand_mask_fraction`` of every batch (profile setting; 0 = mixed into the
+        pseudo-masks as before).
+    profile : {"fast", "paper", "tiny", "mil"} or Profile
         Network sizes and budgets (:mod:`artseg_core.profiles`); ``overrides`` change single settings
         (e.g. ``unet_steps=200``). The U-Net runs :func:`~artseg_core.profiles.unet_training_steps` steps (more
         on large training sets), or exactly ``unet_steps`` when that is given here.
@@ -108,170 +338,36 @@ def train(images=None, labels=None, *, clean=None, artifact=None, masks=None, pr
     import torch
 
     from artseg_core.nets.accel import set_threads
-    from artseg_core.weak.refine import binarize, default_threshold, refine_saliency, select_threshold
-    from artseg_core.weak.scorecam import score_cam
-    from artseg_core.training.classifier import ClassifierFitConfig, fit_classifier, predict_proba
-    from artseg_core.nets.resnet import resize_for_classifier
-    from artseg_core.training.unet import UNetFitConfig, fit_unet
 
     t0 = time.perf_counter()
-    prof = get_profile(profile, **overrides)
-    if overrides.get("unet_steps") is not None and "unet_crops_per_image" not in overrides:
-        prof = prof.with_overrides(unet_crops_per_image=0)  # steps asked for explicitly: exactly that many
-    if cam_mode is not None or edge_refine is not None:
-        prof = prof.with_overrides(cam_mode=cam_mode, edge_refine=edge_refine)
+    prof = _resolve_profile(profile, cam_mode, edge_refine, overrides)
     dev = resolve_device(device)
     set_threads()
-    tmp = None
-    if work_dir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="artseg-train-")
-        work_dir = tmp.name
-    work = Path(work_dir)
-    work.mkdir(parents=True, exist_ok=True)
-
     samples = load_labeled_set(images, labels, clean=clean, artifact=artifact, masks=masks)
-    check_work_dir(work, samples, {"profile": prof.to_dict(), "seed": seed, "val_fraction": val_fraction,
-                                   "plane": plane, "use_masks_for_training": use_masks_for_training}, restart=restart)
-    # ---- read and normalise every image once; QC scores from the raw pixels
-    imgs, kept, qscores, skipped = [], [], [], []
-    it = samples
-    if progress:
-        from tqdm.auto import tqdm
-        it = tqdm(samples, desc="reading", unit="img")
-    for s in it:
-        try:
-            raw = read_image(s.path, plane=plane)
-        except ImageReadError as e:
-            log.warning("skipping %s", e)
-            skipped.append(str(e))
-            continue
-        imgs.append(normalize(raw))
-        qscores.append(quality_scores(raw))
-        kept.append(s)
-    samples = kept
-    y = np.array([s.label for s in samples], int)
-    if y.sum() == 0 or y.sum() == len(y):
-        raise ValueError("after skipping unreadable files, training needs both clean and artifact images")
-    true_masks: dict[int, np.ndarray] = {}
-    for i, s in enumerate(samples):
-        if s.mask_path is not None:
-            true_masks[i] = _read_mask(s.mask_path, imgs[i].shape)
-    tr, va = stratified_split(y, val_fraction, seed)
-    log.info("training set: %d images (%d artifact), validation: %d, masks: %d, skipped: %d",
-             len(tr), int(y[tr].sum()), len(va), len(true_masks), len(skipped))
-
-    # ---- 1. classifier
-    t1 = time.perf_counter()
-    torch.manual_seed(seed)  # the networks' initial weights are part of what a seed reproduces
-    cls, unet = ArtifactModel.build_networks(prof)
-    x_all = torch.cat([resize_for_classifier(im, prof.cls_size) for im in imgs])
-    cfit = fit_classifier(cls, x_all[tr], y[tr], x_all[va] if len(va) else None, y[va] if len(va) else None,
-                          ClassifierFitConfig(epochs=prof.cls_epochs, batch_size=prof.cls_batch, lr=prof.cls_lr,
-                                              plateau=prof.cls_plateau, early_stop=prof.cls_early_stop, seed=seed,
-                                              fast_math=prof.train_fast_math),
-                          device=dev, checkpoint=work / "classifier.ckpt", progress=progress)
-    p_all = predict_proba(cls, x_all, device=dev)
-    cls_thr = best_classifier_threshold(y[va], p_all[va]) if len(va) else 0.5
-    art_val = p_all[va][y[va] == 1] if len(va) else np.array([])
-    gate = float(np.clip(min(0.5 * cls_thr, 0.5 * art_val.min() if art_val.size else 0.5 * cls_thr), 1e-3, cls_thr))
-    t_cls = time.perf_counter() - t1
-
-    # ---- 2. Score-CAM pseudo-masks for every artifact image
-    t2 = time.perf_counter()
-    art_idx = np.flatnonzero(y == 1)
-    layer = cls.layer4
-    saliency: dict[int, np.ndarray] = {}
-    it = art_idx
-    if progress:
-        from tqdm.auto import tqdm
-        it = tqdm(art_idx, desc=f"Score-CAM ({prof.cam_mode})", unit="img")
-    for i in it:
-        cam = score_cam(cls, x_all[i:i + 1].to(dev), layer, target=1, mode=prof.cam_mode,
-                        top_k=prof.cam_top_k if prof.cam_mode == "fast" else None)[0]
-        saliency[int(i)] = refine_saliency(cam, imgs[i], use_edges=prof.edge_refine, dilation=prof.edge_dilation)
-    with_masks = [i for i in art_idx if i in true_masks]
-    sel_idx = [i for i in with_masks if i in set(va.tolist())] or with_masks
-    if sel_idx:
-        cam_thr, _table = select_threshold([saliency[i] for i in sel_idx], [true_masks[i] for i in sel_idx])
-        cam_thr_source = f"selected on {len(sel_idx)} masked images"
-    else:
-        cam_thr = prof.cam_threshold if prof.cam_threshold is not None else default_threshold(prof.edge_refine)
-        cam_thr, cam_thr_source = float(cam_thr), "profile default (no validation masks)"
-    pseudo = {i: binarize(s, cam_thr) for i, s in saliency.items()}
-    if not tmp:  # keep the pseudo-masks where the user can look at them
-        from artseg_core.io.files import write_tiff
-
-        (work / "pseudo_masks").mkdir(exist_ok=True)
-        for i, m in pseudo.items():
-            write_tiff(work / "pseudo_masks" / f"{samples[i].path.stem}.tif", (m * 255).astype(np.uint8))
-    t_cam = time.perf_counter() - t2
-
-    # ---- 3. U-Net on pseudo-masks (hand masks mixed in where given)
-    t3 = time.perf_counter()
-
-    def target(i: int) -> np.ndarray:
-        if use_masks_for_training and i in true_masks:
-            return true_masks[i]
-        return pseudo[i] if y[i] == 1 else np.zeros(imgs[i].shape, bool)
-
-    ufit = fit_unet(unet, [imgs[i] for i in tr], [target(i) for i in tr],
-                    UNetFitConfig(steps=unet_training_steps(prof, len(tr)), batch_size=prof.unet_batch,
-                                  tile=prof.unet_tile,
-                                  lr=prof.unet_lr, seed=seed, fast_math=prof.train_fast_math),
-                    device=dev, checkpoint=work / "unet.ckpt", progress=progress)
-    t_unet = time.perf_counter() - t3
-
-    # ---- 4. calibration on validation
-    model = ArtifactModel(prof, cls, unet, thresholds={"classifier": cls_thr, "gate": gate}, device=dev,
-                          pixel_size=pixel_size if pixel_size is not None
-                          else pixel_size_from_files([s.path for s in samples]))
-    from artseg_core.imgproc.postprocess import clean_mask
-
-    cal_idx = [int(i) for i in (va if len(va) else tr) if int(i) in true_masks or y[i] == 0]
-    if any(i in true_masks for i in cal_idx):
-        # U-Net threshold and minimum size: best mean IoU against hand masks (clean images count with empty masks)
-        probs = {i: model.segment(imgs[i]) for i in cal_idx}
-        refs = {i: true_masks.get(i, np.zeros(imgs[i].shape, bool)) for i in cal_idx}
-        best = (-1.0, DEFAULT_THRESHOLDS["unet"], DEFAULT_THRESHOLDS["min_size"])
-        for thr in UNET_THRESHOLDS:
-            for ms in MIN_SIZES:
-                score = float(np.mean([pixel_metrics(clean_mask(probs[i], thr, ms), refs[i])["iou"] for i in probs]))
-                if score > best[0] + 1e-9:
-                    best = (score, thr, ms)
-        val_iou, unet_thr, min_size = best
-        ref_kind = f"hand masks of {sum(i in true_masks for i in cal_idx)} validation images"
-    else:
-        # Without hand masks, matching the (blurry, over-large) pseudo-masks would only copy their errors: keep the
-        # documented defaults; the U-Net's own probabilities are better calibrated than its training targets.
-        val_iou, unet_thr, min_size = None, DEFAULT_THRESHOLDS["unet"], DEFAULT_THRESHOLDS["min_size"]
-        ref_kind = "none (no hand masks): documented defaults"
-    model.thresholds.update(unet=float(unet_thr), min_size=int(min_size))
-
-    # ---- 5. QC thresholds from the clean training images
-    clean_tr = [qscores[i] for i in tr if y[i] == 0]
-    model.quality_thresholds = fit_quality_thresholds(clean_tr)
-
-    vm = image_metrics(y[va], p_all[va], threshold=cls_thr) if len(va) and y[va].min() != y[va].max() else {}
-    model.summary = {
-        "n_images": int(len(y)), "n_artifact": int(y.sum()), "n_clean": int(len(y) - y.sum()),
-        "n_train": int(len(tr)), "n_val": int(len(va)), "n_masks": len(true_masks), "skipped": skipped,
-        "seed": seed, "device": dev,
-        "classifier": {"epochs_run": cfit["epochs_run"], "best_epoch": cfit["best_epoch"],
-                       "val_metrics": {k: (float(v) if isinstance(v, (int, float, np.floating, np.integer)) else v)
-                                       for k, v in vm.items()}},
-        "scorecam": {"mode": prof.cam_mode, "edge_refine": prof.edge_refine, "threshold": float(cam_thr),
-                     "threshold_source": cam_thr_source,
-                     "mean_pseudo_mask_fraction": float(np.mean([m.mean() for m in pseudo.values()]))},
-        "unet": {"steps_run": ufit["steps_run"],
-                 "final_loss": ufit["history"][-1]["loss"] if ufit["history"] else None},
-        "calibration": {"val_iou": val_iou, "reference": ref_kind, "unet_threshold": unet_thr,
-                        "min_size": min_size, "classifier_threshold": cls_thr, "gate": gate},
-        "seconds": {"classifier": round(t_cls, 1), "scorecam": round(t_cam, 1), "unet": round(t_unet, 1),
-                    "total": round(time.perf_counter() - t0, 1)},
-    }
+    with _work_folder(work_dir) as (work, keep):
+        check_work_dir(work, samples, {"profile": prof.to_dict(), "seed": seed, "val_fraction": val_fraction,
+                                       "plane": plane, "use_masks_for_training": use_masks_for_training},
+                       restart=restart)
+        f = _read_fields(samples, plane, val_fraction, seed, progress)
+        t1 = time.perf_counter()
+        torch.manual_seed(seed)  # the networks' initial weights are part of what a seed reproduces
+        cls, unet = ArtifactModel.build_networks(prof)
+        x_all, p_all, cfit, cls_thr, gate = _classifier_step(prof, cls, f, seed, dev, work, progress)
+        t2 = time.perf_counter()
+        pseudo, cam_info, saliency, cam_thr = _pseudo_mask_step(prof, cls, x_all, f, dev, work, keep, progress)
+        t3 = time.perf_counter()
+        ufit = _unet_step(prof, unet, f, saliency, cam_thr, use_masks_for_training, seed, dev, work, progress)
+        t4 = time.perf_counter()
+        model = ArtifactModel(prof, cls, unet, thresholds={"classifier": cls_thr, "gate": gate}, device=dev,
+                              pixel_size=pixel_size if pixel_size is not None
+                              else pixel_size_from_files([s.path for s in f.samples]))
+        calib = _calibrate(model, f)
+        # step 5: QC thresholds from the clean training images
+        model.quality_thresholds = fit_quality_thresholds([f.qscores[i] for i in f.tr if f.y[i] == 0])
+        seconds = {"classifier": round(t2 - t1, 1), "scorecam": round(t3 - t2, 1), "unet": round(t4 - t3, 1),
+                   "total": round(time.perf_counter() - t0, 1)}
+        model.summary = _summary(f, seed, dev, p_all, cfit, cam_info, ufit, calib, model.thresholds, seconds)
     log.info("trained: %s", model.summary["calibration"])
-    if tmp is not None:
-        tmp.cleanup()
     return model
 
 

@@ -4,6 +4,11 @@ Crops keep small artifacts at their real size whatever the image size (1080x1080
 crops of images that have foreground are centred on a foreground pixel, so small artifacts are seen often enough.
 Loss: binary cross-entropy + soft Dice. Adam with a cosine learning-rate decay. Seeded; checkpointed every
 ``checkpoint_every`` steps so an interrupted training resumes.
+
+Targets may be bool masks or uint8 maps with :data:`IGNORE` (2) for pixels left out of the loss (the uncertain band
+of a pseudo-mask). Images marked as hand-masked (``hand``) are drawn for ``hand_fraction`` of the crops and scored
+by a loss term of their own (weight ``hand_weight``), so a few exact masks are neither diluted by nor averaged into
+the pseudo-masks.
 """
 from __future__ import annotations
 
@@ -33,6 +38,12 @@ class UNetFitConfig:
     foreground_crop_fraction: float = 0.5
     checkpoint_every: int = 50
     fast_math: bool = False   # channels-last + bf16 autocast where the hardware has bf16 (about 2x on CPU)
+    hand_fraction: float = 0.25  # share of crops drawn from hand-masked images (when there are any)
+    hand_weight: float = 1.0     # weight of their loss term
+
+
+#: Target value of pixels that do not enter the loss.
+IGNORE = 2
 
 
 def _crop(img: np.ndarray, top: int, left: int, tile: int) -> np.ndarray:
@@ -67,17 +78,44 @@ def _sample_crops(images, masks, fg_coords, idx, tile, g: torch.Generator, fg_fr
 
 
 def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy plus (1 - soft Dice) computed over the whole batch."""
-    bce = F.binary_cross_entropy_with_logits(logits, target)
-    p = torch.sigmoid(logits)
-    inter = (p * target).sum()
-    dice = (2 * inter + 1.0) / (p.sum() + target.sum() + 1.0)
+    """Binary cross-entropy plus (1 - soft Dice) computed over the whole batch; pixels whose target is
+    :data:`IGNORE` count in neither term (a batch without any such pixel gives the plain loss)."""
+    valid = target != IGNORE
+    if bool(valid.all()):
+        bce = F.binary_cross_entropy_with_logits(logits, target)
+        p = torch.sigmoid(logits)
+        inter = (p * target).sum()
+        dice = (2 * inter + 1.0) / (p.sum() + target.sum() + 1.0)
+        return bce + (1 - dice)
+    w = valid.to(logits.dtype)
+    t = torch.where(valid, target, torch.zeros_like(target))
+    bce = (F.binary_cross_entropy_with_logits(logits, t, reduction="none") * w).sum() / w.sum().clamp_min(1.0)
+    p = torch.sigmoid(logits) * w
+    inter = (p * t).sum()
+    dice = (2 * inter + 1.0) / (p.sum() + t.sum() + 1.0)
     return bce + (1 - dice)
 
 
+def _pick(n: int, batch: int, hand: np.ndarray | None, frac: float, g: torch.Generator) -> torch.Tensor:
+    """Image indices of one batch: uniform, or ``round(frac * batch)`` (at least 1) from the hand-masked ones."""
+    if hand is None or not hand.any() or frac <= 0:
+        return torch.randint(0, n, (batch,), generator=g)
+    hi, other = np.flatnonzero(hand), np.flatnonzero(~hand)
+    k = batch if not len(other) else min(batch, max(1, int(round(frac * batch))))
+    a = torch.as_tensor(hi)[torch.randint(0, len(hi), (k,), generator=g)]
+    if k == batch:
+        return a
+    b = torch.as_tensor(other)[torch.randint(0, len(other), (batch - k,), generator=g)]
+    return torch.cat([a, b])
+
+
 def fit_unet(model: torch.nn.Module, images: list[np.ndarray], masks: list[np.ndarray], cfg: UNetFitConfig,
-             device="cpu", checkpoint: Path | None = None, progress: bool = False, on_step=None) -> dict:
+             device="cpu", checkpoint: Path | None = None, progress: bool = False, on_step=None,
+             hand: list[bool] | np.ndarray | None = None) -> dict:
     """Train ``model`` in place on crops of normalised ``images`` with binary ``masks`` (same shapes).
+
+    ``masks`` may hold :data:`IGNORE` for pixels left out of the loss. ``hand`` marks images whose masks are
+    hand-drawn: they fill ``cfg.hand_fraction`` of every batch and have their own loss term (``cfg.hand_weight``).
 
     ``on_step(step, loss)`` is called after every step (after its checkpoint is written), e.g. for a progress
     display; an exception it raises interrupts training, which the checkpoint then resumes.
@@ -107,8 +145,14 @@ def fit_unet(model: torch.nn.Module, images: list[np.ndarray], masks: list[np.nd
         log.info("U-Net: resuming from step %d (%s)", step, checkpoint)
     fg_coords = []
     for m in masks:
-        nz = np.argwhere(m[::4, ::4]) * 4 if m.any() else None
+        fg = m == 1 if m.dtype != bool else m
+        nz = np.argwhere(fg[::4, ::4]) * 4 if fg.any() else None
         fg_coords.append(nz)
+    hand_a = None if hand is None else np.asarray(hand, bool)
+    if hand_a is not None and len(hand_a) != len(images):
+        raise ValueError("hand must have one entry per image")
+    if hand_a is not None and not hand_a.any():
+        hand_a = None
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -117,12 +161,22 @@ def fit_unet(model: torch.nn.Module, images: list[np.ndarray], masks: list[np.nd
     model.train()
     running = 0.0
     while step < cfg.steps:
-        idx = torch.randint(0, len(images), (cfg.batch_size,), generator=g)
+        if hand_a is None:
+            idx = torch.randint(0, len(images), (cfg.batch_size,), generator=g)
+        else:
+            idx = _pick(len(images), cfg.batch_size, hand_a, cfg.hand_fraction, g)
         x, y = _sample_crops(images, masks, fg_coords, idx, cfg.tile, g, cfg.foreground_crop_fraction)
         x, y = augment_segmentation_batch(x, y, g)
         with prec.autocast():
             logits = model(prec.input(x.to(device)))
-        loss = dice_bce_loss(logits.float(), y.to(device))
+        y = y.to(device)
+        if hand_a is None:
+            loss = dice_bce_loss(logits.float(), y)
+        else:  # the hand-masked crops' own term beside the pseudo-mask term
+            is_hand = torch.as_tensor(hand_a[idx.numpy()], device=logits.device)
+            loss = cfg.hand_weight * dice_bce_loss(logits.float()[is_hand], y[is_hand])
+            if bool((~is_hand).any()):
+                loss = loss + dice_bce_loss(logits.float()[~is_hand], y[~is_hand])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -3,7 +3,8 @@
 Users of the CellProfiler desktop app (which cannot load a torch plugin) run ArtSeg once from the command line
 (``artseg batch PLATE -m model.artseg -o OUT --loaddata Brightfield=1,Nuclei=2``) and point a pipeline of
 built-in modules at ``OUT/loaddata.csv``: LoadData loads every channel plus the mask image ``ArtifactMask``,
-and MaskObjects / MaskImage use it (``pipelines/builtin_mask_nuclei.cppipe``).
+and ConvertImageToObjects turns the mask into objects for MaskObjects / MaskImage (MaskObjects wants a truly
+binary mask, which a loaded 0/255 image is not): ``pipelines/loaddata_mask_nuclei.cppipe``.
 
 The table has, per field (one row, in plate order):
 

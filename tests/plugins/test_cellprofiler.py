@@ -149,8 +149,9 @@ def test_pipeline_settings_match_modules():
                     "ExportToSpreadsheet"],
         INTENSITY.name: ["Images", "Metadata", "NamesAndTypes", "Groups", "MaskArtifacts", "MaskImage",
                          "MeasureImageIntensity", "ExportToSpreadsheet"],
-        LOADDATA.name: ["LoadData", "IdentifyPrimaryObjects", "MaskObjects", "MeasureObjectIntensity",
-                        "MeasureObjectSizeShape", "MaskImage", "MeasureImageIntensity", "ExportToSpreadsheet"],
+        LOADDATA.name: ["LoadData", "ConvertImageToObjects", "IdentifyPrimaryObjects", "MaskObjects",
+                        "MeasureObjectIntensity", "MeasureObjectSizeShape", "MaskImage", "MeasureImageIntensity",
+                        "ExportToSpreadsheet"],
     }
     for name, info in result.items():
         assert info["load_errors"] == [], (name, info["load_errors"])
@@ -512,6 +513,7 @@ def test_builtin_pipeline_keeps_the_same_nuclei_as_the_plugin(loaddata_run, nucl
     for name, row in builtin.items():
         assert int(float(row["Count_Nuclei"])) == int(float(plugin[name]["Count_Nuclei"])), name
         diff += abs(int(float(row["Count_CleanNuclei"])) - int(float(plugin[name]["Count_CleanNuclei"])))
+        assert abs(int(float(row["Count_Artifacts"])) - int(float(plugin[name]["Count_Artifacts"]))) <= 1, name
         assert int(row["Metadata_ArtSegFlagged"]) == int(plugin[name]["MaskArtifacts_Flagged"]) == \
             int(engine[name].flagged), name
         # the mask image is the engine's mask: the intensity outside it covers the same pixels

@@ -329,8 +329,14 @@
     return r.json();
   }).then((st) => {
     A.fields = st.fields; A.masksDir = st.masks_dir; A.maskMaxSide = st.mask_max_side;
-    const first = A.fields.findIndex((f) => !f.label);   // resume at the first field without a label
-    A.idx = first >= 0 ? first : 0;
+    // Resume where the last session stopped: the first field without a label after the last labelled one
+    // (skipped fields are not recorded); with a model, whose order changes as it is retrained, the least
+    // certain field without a label.
+    let last = -1;
+    A.fields.forEach((f, i) => { if (f.label) last = i; });
+    let next = A.fields.findIndex((f, i) => i > last && !f.label);
+    if (st.model || next < 0) next = A.fields.findIndex((f) => !f.label);
+    A.idx = next >= 0 ? next : 0;
     setMode("label");
     setTool("brush");
     A.ready = true;

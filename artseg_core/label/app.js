@@ -285,6 +285,8 @@
     if (m === "grid") showGrid();
     if (m === "mask") openMask().catch((e) => status(e.message, true));
   }
+  // A clicked button gives the focus back, so that Space and Enter keep meaning skip and fill, not "click again".
+  document.addEventListener("click", (ev) => { const b = ev.target.closest("button"); if (b) b.blur(); });
   $("to-label").addEventListener("click", () => setMode("label"));
   $("to-grid").addEventListener("click", () => setMode("grid"));
   $("to-mask").addEventListener("click", () => setMode("mask"));

@@ -285,6 +285,8 @@
     if (m === "grid") showGrid();
     if (m === "mask") openMask().catch((e) => status(e.message, true));
   }
+  // A clicked button gives the focus back, so that Space and Enter keep meaning skip and fill, not "click again".
+  document.addEventListener("click", (ev) => { const b = ev.target.closest("button"); if (b) b.blur(); });
   $("to-label").addEventListener("click", () => setMode("label"));
   $("to-grid").addEventListener("click", () => setMode("grid"));
   $("to-mask").addEventListener("click", () => setMode("mask"));
@@ -329,8 +331,14 @@
     return r.json();
   }).then((st) => {
     A.fields = st.fields; A.masksDir = st.masks_dir; A.maskMaxSide = st.mask_max_side;
-    const first = A.fields.findIndex((f) => !f.label);   // resume at the first field without a label
-    A.idx = first >= 0 ? first : 0;
+    // Resume where the last session stopped: the first field without a label after the last labelled one
+    // (skipped fields are not recorded); with a model, whose order changes as it is retrained, the least
+    // certain field without a label.
+    let last = -1;
+    A.fields.forEach((f, i) => { if (f.label) last = i; });
+    let next = A.fields.findIndex((f, i) => i > last && !f.label);
+    if (st.model || next < 0) next = A.fields.findIndex((f) => !f.label);
+    A.idx = next >= 0 ? next : 0;
     setMode("label");
     setTool("brush");
     A.ready = true;

@@ -40,25 +40,31 @@ def test_label_20_fields_by_keyboard_kill_and_resume(plate20, tmp_path, start_la
     rows = read_csv_rows(labels)
     assert rows == [(n, truth[n]) for n in sorted(done)]
     assert page.text_content("#count").strip() == "10 / 20 labelled"
+    skipped = page.text_content("#field-name")
+    page.keyboard.press("s")                              # field 11 skipped, field 12 labelled
+    assert page.text_content("#field-pos") == "field 12 of 20"
+    twelfth = _label_current(page, truth)
+    wait_saved(page)
 
     # Kill the server without warning: every answer is already on disk, and the file is whole.
     srv.kill()
-    assert len(read_labels_csv(labels, images)) == 10
+    assert len(read_labels_csv(labels, images)) == 11
     srv2 = start_label(images, "--labels", labels)
     assert srv2.token != srv.token
     open_app(page, srv2.url)
-    assert page.text_content("#count").strip() == "10 / 20 labelled"
-    assert page.text_content("#field-pos") == "field 11 of 20"  # resumes at the first field without a label
+    assert page.text_content("#count").strip() == "11 / 20 labelled"
+    assert page.text_content("#field-pos") == "field 13 of 20"  # resumes after the last answer
 
-    # skip then back, a wrong answer corrected, a label cleared and set again
-    first = page.text_content("#field-name")
-    page.keyboard.press("s")
-    assert page.text_content("#field-pos") == "field 12 of 20"
+    # back to the skipped field: a wrong answer corrected, a label cleared and set again
     page.keyboard.press("b")
-    assert page.text_content("#field-name") == first
+    assert page.text_content("#field-name") == twelfth
+    assert page.text_content("#field-label") == truth[twelfth]  # existing labels are shown
+    page.keyboard.press("ArrowLeft")
     name = page.text_content("#field-name")
+    assert name == skipped and page.text_content("#field-label") == "no label"
     wrong = {"clean": "a", "artifact": "c"}[truth[name]]
     page.keyboard.press(wrong)
+    assert page.text_content("#field-name") == twelfth
     page.keyboard.press("Backspace")
     assert page.text_content("#field-name") == name
     assert page.text_content("#field-label") == {"clean": "artifact", "artifact": "clean"}[truth[name]]
@@ -66,6 +72,9 @@ def test_label_20_fields_by_keyboard_kill_and_resume(plate20, tmp_path, start_la
     assert page.text_content("#field-label") == "no label"
     wait_saved(page)
     assert name not in dict(read_csv_rows(labels))
+    _label_current(page, truth)
+    assert page.text_content("#field-pos") == "field 12 of 20"
+    page.keyboard.press("ArrowRight")
     while True:
         pos = page.text_content("#field-pos")
         _label_current(page, truth)

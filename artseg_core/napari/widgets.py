@@ -123,6 +123,8 @@ class MaskArtifactsWidget(Container):
         self.qc = Label(label="quality", value="")
         self.extend([self.model_file, self.image, self.gate, self.threshold, self.run_button, self.progress,
                      self.status, self.objects, self.qc])
+        for w in (self.status, self.objects, self.qc):  # long lines wrap instead of widening the dock
+            getattr(w.native, "setWordWrap", lambda _: None)(True)
         self.run_button.changed.connect(self.run)
         napari_viewer.layers.events.inserted.connect(self.reset_choices)
         napari_viewer.layers.events.removed.connect(self.reset_choices)

@@ -6,6 +6,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -36,6 +37,32 @@ def parse_label(value: str) -> int:
     raise ValueError(f"unknown label {value!r} (use clean or artifact)")
 
 
+def iter_label_rows(csv_path) -> Iterator[tuple[int, str, int]]:
+    """The rows of an ``image,label`` CSV: ``(line number, image as written, 0 clean | 1 artifact)``.
+
+    Column names are matched without regard to case or surrounding spaces; rows with an empty image are skipped.
+
+    Raises
+    ------
+    LabelFileError
+        The columns are missing, or a label is not a clean/artifact word (the message names the line).
+    """
+    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        cols = {c.strip().lower(): c for c in (reader.fieldnames or [])}
+        if "image" not in cols or "label" not in cols:
+            raise LabelFileError(f"{csv_path}: needs columns 'image' and 'label', found {reader.fieldnames}")
+        for n, row in enumerate(reader, start=2):
+            name = (row[cols["image"]] or "").strip()
+            if not name:
+                continue
+            try:
+                label = parse_label(row[cols["label"]] or "")
+            except ValueError as e:
+                raise LabelFileError(f"{csv_path}, line {n}: {e}") from None
+            yield n, name, label
+
+
 def read_labels_csv(csv_path, images_dir=None, check_files: bool = True) -> list[tuple[Path, int]]:
     """Read ``image,label`` rows; image paths are relative to ``images_dir`` (default: the CSV's folder).
 
@@ -49,35 +76,23 @@ def read_labels_csv(csv_path, images_dir=None, check_files: bool = True) -> list
     base = Path(images_dir) if images_dir is not None else csv_path.parent
     out = []
     seen: dict[str, tuple[int, int]] = {}
-    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        cols = {c.strip().lower(): c for c in (reader.fieldnames or [])}
-        if "image" not in cols or "label" not in cols:
-            raise LabelFileError(f"{csv_path}: needs columns 'image' and 'label', found {reader.fieldnames}")
-        for n, row in enumerate(reader, start=2):
-            name = (row[cols["image"]] or "").strip()
-            if not name:
-                continue
-            p = Path(name)
-            if not p.is_absolute():
-                p = base / p
-            if check_files and not p.is_file():
-                raise LabelFileError(f"{csv_path}, line {n}: image {name!r} not found (looked for {p})")
-            try:
-                label = parse_label(row[cols["label"]])
-            except ValueError as e:
-                raise LabelFileError(f"{csv_path}, line {n}: {e}") from None
-            key = os.path.normcase(os.path.realpath(p))
-            if key in seen:
-                first, old = seen[key]
-                if old != label:
-                    raise LabelFileError(f"{csv_path}, lines {first} and {n}: image {name!r} is labelled both "
-                                         f"{_WORD[old]} and {_WORD[label]}; keep one row")
-                logging.getLogger("artseg.train").warning("%s, line %d: image %r is listed again (as on line %d); "
-                                                          "counted once", csv_path, n, name, first)
-                continue
-            seen[key] = (n, label)
-            out.append((p, label))
+    for n, name, label in iter_label_rows(csv_path):
+        p = Path(name)
+        if not p.is_absolute():
+            p = base / p
+        if check_files and not p.is_file():
+            raise LabelFileError(f"{csv_path}, line {n}: image {name!r} not found (looked for {p})")
+        key = os.path.normcase(os.path.realpath(p))
+        if key in seen:
+            first, old = seen[key]
+            if old != label:
+                raise LabelFileError(f"{csv_path}, lines {first} and {n}: image {name!r} is labelled both "
+                                     f"{_WORD[old]} and {_WORD[label]}; keep one row")
+            logging.getLogger("artseg.train").warning("%s, line %d: image %r is listed again (as on line %d); "
+                                                      "counted once", csv_path, n, name, first)
+            continue
+        seen[key] = (n, label)
+        out.append((p, label))
     if not out:
         raise LabelFileError(f"{csv_path}: no labelled images")
     return out

@@ -18,7 +18,7 @@ import numpy as np
 from artseg_core.imgproc.normalize import normalize
 from artseg_core.io.files import atomic_write, write_tiff
 from artseg_core.io.images import ImageReadError, list_images, read_image
-from artseg_core.io.labels import LabelFileError, find_mask, parse_label, read_mask
+from artseg_core.io.labels import find_mask, iter_label_rows, parse_label, read_mask
 
 log = logging.getLogger(__name__)
 
@@ -60,29 +60,18 @@ def _read_existing(csv_path: Path, images_dir: Path, names) -> tuple[dict[str, s
     other: list[tuple[str, str]] = []
     if not csv_path.is_file() or csv_path.stat().st_size == 0:
         return known, other
-    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        cols = {c.strip().lower(): c for c in (reader.fieldnames or [])}
-        if "image" not in cols or "label" not in cols:
-            raise LabelFileError(f"{csv_path}: needs columns 'image' and 'label', found {reader.fieldnames}")
-        for n, row in enumerate(reader, start=2):
-            name = (row[cols["image"]] or "").strip()
-            if not name:
-                continue
-            try:
-                lbl = LABEL_WORDS[parse_label(row[cols["label"]] or "")]
-            except ValueError as e:
-                raise LabelFileError(f"{csv_path}, line {n}: {e}") from None
-            p = Path(name)
-            full = p if p.is_absolute() else images_dir / p
-            try:
-                rel = full.resolve().relative_to(images_dir.resolve()).as_posix()
-            except ValueError:
-                rel = None
-            if rel in names:
-                known[rel] = lbl
-            else:
-                other.append((name, lbl))
+    for _n, name, label in iter_label_rows(csv_path):
+        lbl = LABEL_WORDS[label]
+        p = Path(name)
+        full = p if p.is_absolute() else images_dir / p
+        try:
+            rel = full.resolve().relative_to(images_dir.resolve()).as_posix()
+        except ValueError:
+            rel = None
+        if rel in names:
+            known[rel] = lbl
+        else:
+            other.append((name, lbl))
     return known, other
 
 

@@ -20,7 +20,7 @@ __all__ = [
     "pixel_metrics",
     "pixel_auprc",
     "aggregate_pixel_metrics",
-    "label_objects",
+    "as_label_image",
     "object_metrics",
 ]
 
@@ -196,7 +196,7 @@ def aggregate_pixel_metrics(results: Iterable[Mapping]) -> dict:
     return out
 
 
-def label_objects(mask_or_labels: np.ndarray) -> np.ndarray:
+def as_label_image(mask_or_labels: np.ndarray) -> np.ndarray:
     """Label image (int32, 0 = background) from a bool mask or an existing label image.
 
     Bool arrays are split into connected components with full connectivity (8-neighbours in 2-D, as
@@ -242,7 +242,7 @@ def object_metrics(pred: np.ndarray, truth: np.ndarray, iou_threshold: float = 0
     ----------
     pred, truth : numpy.ndarray
         Bool masks (split into 8-connected components) or integer label images (0 = background);
-        see :func:`label_objects`.
+        see :func:`as_label_image`.
     iou_threshold : float
         A predicted and a true object match when they overlap and their IoU is at least this.
 
@@ -260,8 +260,8 @@ def object_metrics(pred: np.ndarray, truth: np.ndarray, iou_threshold: float = 0
     """
     if not 0.0 <= iou_threshold <= 1.0:
         raise ValueError(f"iou_threshold must be in [0, 1], got {iou_threshold}")
-    pl = label_objects(pred)
-    tl = label_objects(truth)
+    pl = as_label_image(pred)
+    tl = as_label_image(truth)
     if pl.shape != tl.shape:
         raise ValueError(f"prediction and truth differ in shape: {pl.shape} vs {tl.shape}")
     n_pred, n_true, pi, ti, iou = _overlaps(pl, tl)

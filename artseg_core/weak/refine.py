@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["DEFAULT_THRESHOLD", "DEFAULT_THRESHOLD_PLAIN", "DEFAULT_THRESHOLDS", "default_threshold", "edge_map",
+__all__ = ["DEFAULT_THRESHOLD", "DEFAULT_THRESHOLD_PLAIN", "CANDIDATE_THRESHOLDS", "default_threshold", "edge_map",
            "refine_saliency", "binarize", "select_threshold"]
 
 #: Threshold for an edge-refined saliency map (``refine_saliency(..., use_edges=True)``, the default
@@ -42,7 +42,7 @@ def default_threshold(use_edges: bool = True) -> float:
 
 
 #: Thresholds swept by :func:`select_threshold` by default: 0.05, 0.10, ..., 0.95.
-DEFAULT_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
+CANDIDATE_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
 
 _EDGE_PERCENTILE = 99.0  # edge strengths are scaled so that this percentile maps to 1
 
@@ -208,7 +208,7 @@ def select_threshold(saliency_maps: Sequence[np.ndarray], masks: Sequence[np.nda
         Hand masks (bool or 0/1), same shapes as the saliency maps. An image without artifact pixels
         counts as a perfect match (score 1) only when its pseudo-mask is empty too.
     thresholds : sequence of float, optional
-        Candidates (default :data:`DEFAULT_THRESHOLDS`, 0.05 to 0.95 by 0.05).
+        Candidates (default :data:`CANDIDATE_THRESHOLDS`, 0.05 to 0.95 by 0.05).
     metric : {"iou", "dice"}
         Mean per-image score that is maximised.
 
@@ -234,7 +234,7 @@ def select_threshold(saliency_maps: Sequence[np.ndarray], masks: Sequence[np.nda
         raise ValueError("select_threshold needs at least one saliency map")
     if len(maps) != len(refs):
         raise ValueError(f"{len(maps)} saliency maps but {len(refs)} masks")
-    thr = np.asarray(DEFAULT_THRESHOLDS if thresholds is None else list(thresholds), dtype=np.float64).ravel()
+    thr = np.asarray(CANDIDATE_THRESHOLDS if thresholds is None else list(thresholds), dtype=np.float64).ravel()
     if thr.size == 0 or not np.isfinite(thr).all():
         raise ValueError("thresholds must be a non-empty sequence of finite numbers")
     thr = np.unique(thr)

@@ -164,7 +164,7 @@ def test_object_metrics_hand_case():
 def test_object_metrics_diagonal_touch_is_one_object():
     a = np.zeros((4, 4), bool)
     a[0, 0] = a[1, 1] = True  # 8-connected -> one object
-    assert M.label_objects(a).max() == 1
+    assert M.as_label_image(a).max() == 1
     m = M.object_metrics(a, a)
     assert (m["tp"], m["n_pred"]) == (1, 1)
 

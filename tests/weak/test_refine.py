@@ -7,7 +7,7 @@ from scipy import ndimage as ndi
 
 from artseg_core.weak.refine import (
     DEFAULT_THRESHOLD,
-    DEFAULT_THRESHOLDS,
+    CANDIDATE_THRESHOLDS,
     binarize,
     edge_map,
     refine_saliency,
@@ -104,7 +104,7 @@ def test_select_threshold_finds_the_separating_value():
     best, table = select_threshold(maps, masks)
     # every threshold in (0.28, 0.62] separates perfectly: 0.30 .. 0.60 tie, the middle one is 0.45
     assert best == pytest.approx(0.45)
-    assert [r["threshold"] for r in table] == list(DEFAULT_THRESHOLDS)
+    assert [r["threshold"] for r in table] == list(CANDIDATE_THRESHOLDS)
     row = {round(r["threshold"], 2): r for r in table}
     assert row[0.45]["iou"] == pytest.approx(1.0) and row[0.45]["dice"] == pytest.approx(1.0)
     assert row[0.05]["iou"] < 1.0 and row[0.95]["iou"] < 1.0

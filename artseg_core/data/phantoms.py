@@ -59,8 +59,6 @@ for a seed within one environment; numpy 1.26 and numpy 2 may differ by 1 grey l
 """
 from __future__ import annotations
 
-import csv
-import io as _stdio
 import math
 from dataclasses import dataclass, field as _dc_field
 from pathlib import Path
@@ -840,11 +838,10 @@ def well_name_0based(row: int, col: int) -> str:
 
 
 def _csv_text(header: Sequence[str], rows: list[Sequence]) -> str:
-    buf = _stdio.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
-    w.writerows(rows)
-    return buf.getvalue()
+    """The ground-truth tables through the project's one CSV writer (formula cells neutralised)."""
+    from artseg_core.io.results import csv_text
+
+    return csv_text([dict(zip(header, r)) for r in rows], list(header), extra=False)
 
 
 def make_plate(out_dir, rows=2, cols=3, fields=2, prevalence=0.5, seed=0, shape=(512, 512), bit_depth=16,

@@ -5,7 +5,7 @@ CellProfiler loads plugins from one folder (File > Preferences > "CellProfiler p
 ``cellprofiler --plugins-directory DIR`` headless). The module is one file, ``maskartifacts.py``; it imports the
 ArtSeg engine, so CellProfiler must run in a Python environment where ``artseg`` is installed (README,
 "CellProfiler"). For the CellProfiler desktop app, which cannot import torch, use the built-in-modules route
-instead (``artseg batch --loaddata`` and ``pipelines/artseg_masks_builtin.cppipe``).
+instead (``artseg batch --loaddata`` and ``pipelines/loaddata_mask_nuclei.cppipe``).
 """
 from __future__ import annotations
 

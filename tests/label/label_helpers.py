@@ -78,6 +78,13 @@ def wait_saved(page) -> None:
     assert page.evaluate("window.artseg.errors") == 0, page.text_content("#status")
 
 
+def mask_pixels(page) -> int:
+    """How many pixels of the mask editor's canvas are painted (alpha >= 128)."""
+    return page.evaluate("""() => { const M = window.artseg.mask;
+        const d = M.mctx.getImageData(0, 0, M.mask.width, M.mask.height).data;
+        let n = 0; for (let i = 3; i < d.length; i += 4) n += d[i] >= 128; return n; }""")
+
+
 def screenshot_checked(page, path: Path, docs_name: str | None = None, min_std: float = 8.0) -> np.ndarray:
     """Take a screenshot, check that it is not blank, and (with ARTSEG_DOCS_SCREENSHOTS=1) copy it into docs/."""
     from PIL import Image

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from label_helpers import open_app, read_csv_rows, screenshot_checked, truth_labels, wait_saved
+from label_helpers import mask_pixels, open_app, read_csv_rows, screenshot_checked, truth_labels, wait_saved
 
 pytestmark = [pytest.mark.browser]
 
@@ -174,10 +174,7 @@ def test_mask_brush_polygon_eraser_undo_save(plate20, tmp_path, start_label, pag
     page.keyboard.press("m")
     page.wait_for_function("window.artseg.maskReady === true")
     assert page.text_content("#mask-source") == "saved mask"
-    drawn = page.evaluate("""() => { const M = window.artseg.mask;
-        const d = M.mctx.getImageData(0, 0, M.mask.width, M.mask.height).data;
-        let n = 0; for (let i = 3; i < d.length; i += 4) n += d[i] >= 128; return n; }""")
-    assert drawn == int((m > 0).sum())
+    assert mask_pixels(page) == int((m > 0).sum())
 
 
 @pytest.mark.slow
@@ -276,10 +273,7 @@ def test_model_order_guess_and_mask_in_the_page(plate20, tmp_path, page):
         page.keyboard.press("m")
         page.wait_for_function("window.artseg.maskReady === true")
         assert page.text_content("#mask-source") == "model's mask"
-        n = page.evaluate("""() => { const M = window.artseg.mask;
-            const d = M.mctx.getImageData(0, 0, M.mask.width, M.mask.height).data;
-            let n = 0; for (let i = 3; i < d.length; i += 4) n += d[i] >= 128; return n; }""")
-        assert n == 60 * 90
+        assert mask_pixels(page) == 60 * 90
         screenshot_checked(page, tmp_path / "model-mask.png")
         page.keyboard.press("e")                       # correct the model's mask: erase its left part
         page.evaluate("window.artseg.mask.size = 30")

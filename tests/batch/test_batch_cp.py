@@ -49,6 +49,44 @@ def test_merge_concatenates_tables_in_shard_order(tmp_path):
         merge_shard_outputs([a, b], out)
 
 
+def test_report_of_a_pipeline_run_without_maskartifacts(tmp_path):
+    """A pipeline run folder as cpshard leaves it (written by hand: no CellProfiler needed) whose pipeline measures
+    no artifacts: the page lists the wells and the pipeline's counts, and says why the artifact sections are left
+    out instead of drawing empty axes; a failed image set is listed."""
+    import json
+
+    from click.testing import CliRunner
+
+    from artseg_core.batch.layout import JOURNAL, PIPELINE_SETTINGS, PIPELINE_WORK, REPORT
+    from artseg_core.cli.main import main
+
+    out = tmp_path / "run"
+    shard = out / PIPELINE_WORK / "000001-000004"
+    shard.mkdir(parents=True)
+    plate = tmp_path / "plate"
+    table = "ImageNumber,FileName_DNA,PathName_DNA,Count_Nuclei,ModuleError_01Images,ModuleError_05Identify\n"
+    for n, (well, site) in enumerate([("B02", 1), ("B02", 2), ("B03", 1), ("B03", 2)], start=1):
+        table += f"{n},P1_{well}_s{site}_w2.tif,{plate},{10 * n},0,{int(n == 4)}\n"
+    for d in (shard, out):
+        (d / "Image.csv").write_text(table)
+    (out / PIPELINE_WORK / PIPELINE_SETTINGS).write_text(json.dumps(
+        {"pipeline": "/p/count_nuclei.cppipe", "plate": str(plate), "plate_root": str(plate), "n_image_sets": 5,
+         "ranges": [[1, 4], [5, 5]], "maskartifacts": None, "runs": []}))
+    (out / PIPELINE_WORK / JOURNAL).write_text(json.dumps({"key": "000001-000004", "status": "ok", "first": 1,
+                                                           "last": 4, "returncode": 0, "seconds": 1.0}) + "\n")
+    r = CliRunner().invoke(main, ["report", str(out)])
+    assert r.exit_code == 0, r.output
+    html = (out / REPORT).read_text()
+    assert "<img" not in html  # nothing to draw: no empty axes
+    assert html.count("the pipeline has no MaskArtifacts module") == 3  # heatmaps, distributions, worst fields
+    for well in ("B02", "B03"):
+        assert f"<td>{well}</td><td>2</td>" in html  # two fields per well, wells read from the file names
+    assert "Nuclei per field" in html and "<td>15.0</td>" in html and "<td>30.0</td>" in html
+    assert 'id="count-image_sets_in_plate">5<' in html and 'id="count-failed">1<' in html
+    assert 'id="count-not_yet_processed">1<' in html and "flagged_artifacts" not in html
+    assert "CellProfiler module error in Identify" in html and "P1_B03_s2_w2.tif" in html
+
+
 def _table(path: Path) -> list[dict]:
     with open(path, newline="") as fh:
         return [{k: v for k, v in r.items() if not k.startswith("ExecutionTime_")} for r in csv.DictReader(fh)]

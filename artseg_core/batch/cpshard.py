@@ -18,6 +18,7 @@ How it works
    number order (byte for byte after the header, so the merged tables equal those of a single run apart from
    the ``ExecutionTime_*`` timings); ``Experiment.csv`` (key/value) comes from the first shard; any other file
    (e.g. from SaveImages) is moved to the same relative path.
+6. ``OUT/report.html`` is written from the merged per-image table (:mod:`.report`, :mod:`.cpresults`).
 """
 from __future__ import annotations
 
@@ -26,18 +27,22 @@ import glob as _glob
 import json
 import logging
 import os
+import platform
 import shutil
+import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from artseg_core.batch.layout import JOURNAL, PIPELINE_SETTINGS, PIPELINE_WORK
+
 __all__ = ["ImageSets", "count_image_sets", "plan_shards", "run_pipeline_sharded", "merge_shard_outputs",
            "CPSummary", "CellProfilerError", "plate_file_list", "cellprofiler_command"]
 
 log = logging.getLogger("artseg.batch.cp")
-WORK = "cp_shards"
+WORK = PIPELINE_WORK
 
 
 class CellProfilerError(RuntimeError):
@@ -69,6 +74,8 @@ class CPSummary:
     merged: list[Path] = field(default_factory=list)
     elapsed_s: float = 0.0
     dry_run: bool = False
+    report: Path | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -379,7 +386,7 @@ def run_pipeline_sharded(pipeline: str | os.PathLike, plate: str | os.PathLike, 
                          input_dir: str | os.PathLike | None = None, workers: int = 1, shards: int | None = None,
                          scheduler: str | None = None, dask_local: bool = False,
                          cellprofiler: str | os.PathLike | None = None, dry_run: bool = False,
-                         progress: bool = True, timeout: float | None = None,
+                         progress: bool = True, timeout: float | None = None, report: bool = True,
                          echo=None) -> CPSummary:
     """Run a CellProfiler pipeline over a plate split into image-set ranges across workers; merge the exports.
 
@@ -407,6 +414,8 @@ def run_pipeline_sharded(pipeline: str | os.PathLike, plate: str | os.PathLike, 
         Count image sets and list the shards only.
     timeout : float, optional
         Seconds allowed per shard.
+    report : bool
+        Write ``OUT/report.html`` when every shard ran and the exports are merged.
 
     Returns
     -------
@@ -446,18 +455,17 @@ def run_pipeline_sharded(pipeline: str | os.PathLike, plate: str | os.PathLike, 
     ranges = plan_shards(sets, n_shards)
     import hashlib
 
-    settings = {"pipeline_sha256": _sha(pipe), "files": len(files),
+    # what decides whether a rerun may resume
+    identity = {"pipeline_sha256": _sha(pipe), "files": len(files),
                 "file_list_sha256": hashlib.sha256(text.encode()).hexdigest(), "ranges": ranges,
                 "plugins": _dir_sha(plugins_directory), "input_dir": str(indir)}
-    jpath = work / "journal.jsonl"
-    spath = work / "settings.json"
-    if spath.exists() and read_journal(jpath):
-        old = json.loads(spath.read_text())
-        if {k: old.get(k) for k in settings} != json.loads(json.dumps(settings)):
+    jpath = work / JOURNAL
+    spath = work / PIPELINE_SETTINGS
+    old = json.loads(spath.read_text()) if spath.exists() else {}
+    if old and read_journal(jpath):
+        if {k: old.get(k) for k in identity} != json.loads(json.dumps(identity)):
             raise CellProfilerError(f"{out} holds shards of a different pipeline, plugins, file list or shard plan; "
                                     f"use a new output folder or delete {work}")
-    if not dry_run:
-        write_text(spath, json.dumps(settings, indent=1) + "\n")
     # a shard is done when the journal says so and its folder is there (a deleted folder is run again)
     done = {k for k, r in read_journal(jpath).items() if r.get("status") == "ok" and (work / k).is_dir()}
     todo = [(f, l) for f, l in ranges if _shard_name(f, l) not in done]
@@ -471,7 +479,21 @@ def run_pipeline_sharded(pipeline: str | os.PathLike, plate: str | os.PathLike, 
         summary.dry_run = True
         return summary
 
+    # the record of the run, for the report and the next run: what decides a resume (above), the
+    # MaskArtifacts module's image, objects and model, and each run's times
+    from artseg_core._version import __version__
+    from artseg_core.batch.cpresults import describe_pipeline
+
+    settings = {**identity, "artseg_version": __version__, "pipeline": str(pipe.resolve()), "plate": str(plate),
+                "plate_root": str(root), "n_image_sets": len(sets),
+                "plugins_directory": str(Path(plugins_directory).resolve()) if plugins_directory else None,
+                **describe_pipeline(pipe, indir), "runs": old.get("runs", []) if read_journal(jpath) else []}
     cmd = cellprofiler_command(cellprofiler)
+    run_info = {"started": _now(), "host": socket.gethostname(), "python": platform.python_version(),
+                "backend": f"dask {scheduler}" if scheduler else ("dask local" if dask_local else "local processes"),
+                "workers": workers, "todo": len(todo), "done_before": summary.n_done_before}
+    settings["runs"].append(run_info)
+    write_text(spath, json.dumps(settings, indent=1) + "\n")
     common = dict(pipeline=str(pipe.resolve()), file_list=str(file_list.resolve()), input_dir=str(indir),
                   plugins_directory=str(Path(plugins_directory).resolve()) if plugins_directory else None,
                   timeout=timeout)
@@ -491,7 +513,25 @@ def run_pipeline_sharded(pipeline: str | os.PathLike, plate: str | os.PathLike, 
     if not summary.failed:
         summary.merged = merge_shard_outputs([work / _shard_name(f, l) for f, l in ranges], out)
     summary.elapsed_s = time.perf_counter() - t0
+    done_now = sum(l - f + 1 for f, l in todo if _shard_name(f, l) not in summary.failed)
+    run_info.update(finished=_now(), processed=done_now, failed=len(summary.failed),
+                    images_per_s=round(done_now / summary.elapsed_s, 4) if summary.elapsed_s > 0 else 0.0)
+    write_text(spath, json.dumps(settings, indent=1) + "\n")
+    if report and not summary.failed:
+        from artseg_core.batch.report import write_report
+
+        try:
+            summary.report = write_report(out, run="pipeline")
+        except Exception as e:  # the merged tables are the product; a report failure must not hide them
+            log.exception("report failed")
+            summary.notes.append(f"report failed: {type(e).__name__}: {e}")
     return summary
+
+
+def _now() -> str:
+    import datetime as _dt
+
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def _execute(cmd, common, work: Path, todo, workers, scheduler, dask_local):

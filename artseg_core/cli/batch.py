@@ -98,8 +98,12 @@ def register(group: click.Group, cli) -> None:
                 s = run_pipeline_sharded(pipeline, plate, out, plugins_directory=plugins_directory, input_dir=input_dir,
                                          workers=workers, shards=shards, scheduler=scheduler,
                                          dask_local=dask_mode == "local", cellprofiler=cp_exe, dry_run=dry_run,
-                                         progress=not quiet, echo=click.echo)
+                                         progress=not quiet, report=make_report, echo=click.echo)
+                for note in s.notes:
+                    click.echo(f"note: {note}", err=True)
                 click.echo(s.line())
+                if s.report is not None:
+                    click.echo(f"report: {s.report}")
                 sys.exit(s.exit_code)
             if model_path is None:
                 _fail("--model is required (unless --pipeline is given)")
@@ -137,7 +141,7 @@ def register(group: click.Group, cli) -> None:
     @group.command()
     @click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
     def report(out):
-        """Write OUT/report.html for a plate run folder (made by 'artseg batch')."""
+        """Write OUT/report.html for a plate run folder made by 'artseg batch' (with a model, or with --pipeline)."""
         from artseg_core.batch.report import write_report
 
         try:

@@ -92,6 +92,33 @@ def _table(path: Path) -> list[dict]:
         return [{k: v for k, v in r.items() if not k.startswith("ExecutionTime_")} for r in csv.DictReader(fh)]
 
 
+def _check_pipeline_report(out: Path, model: Path) -> str:
+    """The report of a pipeline run of the MaskArtifacts pipeline over tiny_plate (2 x 3 wells, 2 fields each):
+    every well with its two fields and its CellProfiler counts, the artifact sections drawn from the module's
+    measurements with the model's thresholds, every picture it refers to present."""
+    import hashlib
+    import re
+
+    html = (out / "report.html").read_text()
+    img = _table(out / "Image.csv")
+    assert 'id="count-image_sets_in_plate">12<' in html and 'id="count-processed">12<' in html
+    assert f'id="count-flagged_artifacts_">{sum(r["MaskArtifacts_Flagged"] == "1" for r in img)}<' in html
+    for well in ("A01", "A02", "A03", "B01", "B02", "B03"):
+        assert f"<td>{well}</td><td>2</td><td>0</td>" in html, well  # well, fields, failed
+    assert "CleanNuclei per field" in html and "Nuclei per field" in html
+    for r in img:  # each field's image (the one MaskArtifacts ran on) among the worst-12 thumbnails
+        assert r["FileName_Brightfield"] in html
+    assert "MaskArtifacts</th><td>image Brightfield, objects Artifacts" in html
+    assert hashlib.sha256(model.read_bytes()).hexdigest() in html  # the model the module read, and its thresholds
+    assert "focus_min" in html and "No threshold lines" not in html
+    pngs = re.findall(r'src="([^"]+\.png)"', html)
+    assert any("heatmap_area" in p for p in pngs) and any("heatmap_flagged" in p for p in pngs)
+    assert "report_files/distributions.png" in pngs and sum("worst_" in p for p in pngs) == 12
+    for ref in re.findall(r'(?:src|href)="([^"]+)"', html):
+        assert (out / ref).is_file(), ref
+    return html
+
+
 @pytest.mark.slow
 @pytest.mark.cellprofiler
 def test_sharded_pipeline_equals_single_run_and_resumes(tiny_plate, trained_model_path, tmp_path):
@@ -128,14 +155,31 @@ def test_sharded_pipeline_equals_single_run_and_resumes(tiny_plate, trained_mode
     assert [int(r["ImageNumber"]) for r in img] == list(range(1, 13))
     # the ArtSeg module ran in every shard: its per-image measurements are there and differ between images
     assert len({r["MaskArtifacts_Focus"] for r in img}) == 12 and all(r["MaskArtifacts_Flagged"] in "01" for r in img)
+    # the run ends in the plate report, drawn from the merged tables
+    assert s.report == out / "report.html"
+    _check_pipeline_report(out, plate / "model.artseg")
 
-    # resume: a lost shard is run again (locally this time), the finished one is not; the merge is unchanged
+    # resume, as a user runs it (artseg batch --pipeline): a lost shard is run again (locally this time), the
+    # finished one is not; the merge is unchanged and the report is written again
     before = {p.name: p.read_bytes() for p in out.glob("*.csv")}
     shutil.rmtree(out / "cp_shards" / "000007-000012")
-    s = run_pipeline_sharded(PIPELINE, plate, out, plugins_directory=REPO / "plugins", shards=2, workers=2,
-                             progress=False)
-    assert s.exit_code == 0 and s.n_run == 1 and s.n_done_before == 1
+    (out / "report.html").unlink()
+    r = subprocess.run([sys.executable, "-m", "artseg_core.cli", "batch", str(plate), "--pipeline", str(PIPELINE),
+                        "--plugins-directory", str(REPO / "plugins"), "--out", str(out), "--shards", "2",
+                        "--workers", "2", "--quiet"], env=env, capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "(1 run now, 1 before)" in r.stdout and f"report: {out / 'report.html'}" in r.stdout, r.stdout
     for name, data in before.items():
         if name not in ("Image.csv", "Experiment.csv"):
             assert (out / name).read_bytes() == data, name
     assert _table(out / "Image.csv") == _table(single / "Image.csv")
+    html = _check_pipeline_report(out, plate / "model.artseg")
+    assert html.count("<td>local processes</td>") == 1 and "<td>dask " in html  # both runs in the run table
+
+    # artseg report OUT regenerates the page of a pipeline run folder (also with its pictures gone)
+    shutil.rmtree(out / "report_files")
+    (out / "report.html").write_text("stale")
+    r = subprocess.run([sys.executable, "-m", "artseg_core.cli", "report", str(out)], env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0 and r.stdout.strip() == str(out / "report.html"), r.stderr[-3000:]
+    assert _check_pipeline_report(out, plate / "model.artseg") == html

@@ -10,6 +10,9 @@
              as saliency (its own 0.5 boundary), pseudo-masks with an ignored band (saliency in [0.25, 0.5));
              it trains its own classifier
 * masks_K    weak_mil plus hand masks of K artifact training fields (own loss term, oversampled)
+* weak_evidence  pseudo-masks from pixel evidence (clean vs artifact fields, weak/evidence.py), thresholded so
+             that held-out clean fields stay empty, with an ignored band below the threshold
+* zero_label the clean training fields only: a normality model of them (``artseg train --clean DIR``)
 * baseline   no learning: pixels that deviate strongly from a smoothed background (robust z-score), cleaned
 All three learned variants share one classifier (same seed, trained once), so they differ only in their U-Net
 targets. Pixel IoU is the mean over the test plate's artifact images; image F1 is the classifier's on the test
@@ -70,6 +73,7 @@ def test_set(plate: Path):
     return imgs, truth, labels, types
 
 
+EVIDENCE = dict(cam_source="evidence", edge_refine=False, pseudo_ignore=0.8)
 MIL = dict(cls_pool="topk", cls_pool_param=0.02, cam_source="logit", edge_refine=False, pseudo_ignore=0.5)
 
 
@@ -112,6 +116,18 @@ def _some_masks(plate: Path, k: int, out: Path) -> Path:
     return out
 
 
+def _clean_fields(plate: Path, out: Path) -> Path:
+    """A folder with the clean training fields only: the zero-label variant's whole training set."""
+    import csv
+
+    out.mkdir(parents=True)
+    with open(plate / "labels.csv") as fh:
+        for r in csv.DictReader(fh):
+            if r["label"] == "clean":
+                shutil.copy(plate / "images" / r["image"], out / Path(r["image"]).name)
+    return out
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small plates and the tiny profile (a few minutes)")
@@ -124,7 +140,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--backgrounds", type=Path, default=None,
                     help="folder of real images (../shared/data/real): plates on real backgrounds")
     ap.add_argument("--variants", default="weak,weak_edge,strong",
-                    help="comma list of weak, weak_edge, weak_mil, strong, masks_K (K = 1, 4, 8, ...)")
+                    help="comma list of weak, weak_edge, weak_mil, weak_evidence, strong, zero_label, masks_K "
+                         "(K = 1, 4, 8, ...)")
     ap.add_argument("--cls-epochs", type=int, default=None, help="override the profile's classifier epochs")
     ap.add_argument("--unet-steps", type=int, default=None, help="U-Net steps, exactly (default: the profile's rule)")
     ap.add_argument("--out", type=Path, default=Path("bench_out/accuracy"))
@@ -159,11 +176,14 @@ def main(argv=None) -> dict:
     imgs, truth, labels, types = test_set(tep)
     results, seconds = {}, {}
     catalogue = {"weak": dict(edge_refine=False), "weak_edge": dict(edge_refine=True), "weak_mil": dict(MIL),
+                 "weak_evidence": dict(EVIDENCE),
                  "strong": dict(masks=trp / "masks", use_masks_for_training=True)}
     names = [v.strip() for v in a.variants.split(",") if v.strip()]
     for v in names:
         if v.startswith("masks_") and v[6:].isdigit():
             catalogue[v] = dict(MIL, masks=_some_masks(trp, int(v[6:]), out / f"hand_{v}"))
+        elif v == "zero_label":
+            catalogue[v] = dict(zero_label=True)
         elif v not in catalogue:
             ap.error(f"unknown variant {v!r}")
     variants = [(v, catalogue[v]) for v in names]
@@ -176,10 +196,15 @@ def main(argv=None) -> dict:
             shutil.copy(ckpts[mil], wd / "classifier.ckpt")
         t = time.perf_counter()
         budget = {k: v for k, v in (("cls_epochs", a.cls_epochs), ("unet_steps", a.unet_steps)) if v is not None}
-        model = train(trp / "images", trp / "labels.csv", profile=profile, seed=a.seed, work_dir=wd,
-                      progress=False, **budget, **kw)
+        if kw.get("zero_label"):
+            model = train(clean=_clean_fields(trp, out / "clean_fields"), profile=profile, seed=a.seed,
+                          progress=False)
+        else:
+            model = train(trp / "images", trp / "labels.csv", profile=profile, seed=a.seed, work_dir=wd,
+                          progress=False, **budget, **kw)
         seconds[name] = round(time.perf_counter() - t, 1)
-        ckpts.setdefault(mil, wd / "classifier.ckpt")
+        if (wd / "classifier.ckpt").is_file():
+            ckpts.setdefault(mil, wd / "classifier.ckpt")
         model.save(out / f"{name}.artseg")
         results[name] = score_model(load_model(out / f"{name}.artseg"), imgs, truth, labels, types)
         print(name, results[name], f"{seconds[name]} s", flush=True)

@@ -72,7 +72,10 @@ def main():
 @click.option("-v", "--verbose", count=True)
 def train(images, labels, clean, artifact, masks, out, profile, cam_mode, edge_refine, val_fraction, seed, device,
           work_dir, restart, plane, epochs, unet_steps, pixel_size, verbose):
-    """Train a model from image-level labels: IMAGES + labels.csv, or --clean DIR --artifact DIR."""
+    """Train a model from image-level labels: IMAGES + labels.csv, or --clean DIR --artifact DIR.
+
+    --clean DIR alone (no artifact images at all) trains a zero-label model: it learns what the clean fields look
+    like and flags and masks whatever does not."""
     from artseg_core.io.labels import LabelFileError
     from artseg_core.training.pipeline import train as train_fn
 
@@ -96,7 +99,10 @@ def train(images, labels, clean, artifact, masks, out, profile, cam_mode, edge_r
     s = model.summary
     click.echo(f"wrote {out}")
     click.echo(f"  images: {s['n_images']} ({s['n_artifact']} artifact), validation: {s['n_val']}")
-    click.echo(f"  validation classifier: {json.dumps(s['classifier']['val_metrics'])}")
+    if model.zero_label:
+        click.echo(f"  zero-label model (clean fields only): {json.dumps(s['calibration'])}")
+    else:
+        click.echo(f"  validation classifier: {json.dumps(s['classifier']['val_metrics'])}")
     click.echo(f"  thresholds: {json.dumps(model.thresholds)}")
     px = (f"{model.pixel_size:g} um (recorded in the model)" if model.pixel_size
           else "unknown (give --pixel-size to record it)")

@@ -142,6 +142,7 @@ def export_bioimageio(model, out, test_image: np.ndarray | None = None, name: st
     Path
         The zip file or folder written.
     """
+    model._require_networks("export bioimageio")
     import torch
     from bioimageio.spec import save_bioimageio_package, save_bioimageio_package_as_folder
     from bioimageio.spec.model import v0_5 as bio

@@ -122,6 +122,7 @@ def export_onnx(model, out_dir) -> dict[str, Path]:
     dict
         ``unet``, ``classifier`` and ``config``: the paths written.
     """
+    model._require_networks("export onnx")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"unet": out / "unet.onnx", "classifier": out / "classifier.onnx", "config": out / ONNX_CONFIG}

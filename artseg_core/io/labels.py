@@ -210,7 +210,8 @@ def read_mask(path, shape) -> np.ndarray:
     return m > 0
 
 
-def load_labeled_set(images=None, labels=None, clean=None, artifact=None, masks=None) -> list[Sample]:
+def load_labeled_set(images=None, labels=None, clean=None, artifact=None, masks=None,
+                     clean_only: bool = False) -> list[Sample]:
     """Collect labelled samples.
 
     Parameters
@@ -224,6 +225,8 @@ def load_labeled_set(images=None, labels=None, clean=None, artifact=None, masks=
     masks : path, optional
         Folder of binary or label masks for some images (same stem), or ImageJ ROI sets
         (``<stem>_rois.zip`` / ``.roi``, see :func:`find_mask`).
+    clean_only : bool
+        Accept a set of clean images only (the zero-label mode); artifact images are then refused.
     """
     pairs: list[tuple[Path, int]] = []
     if labels is not None:
@@ -239,7 +242,10 @@ def load_labeled_set(images=None, labels=None, clean=None, artifact=None, masks=
     if not pairs:
         raise LabelFileError("no training images: give a folder with labels.csv, or --clean and --artifact folders")
     n_art = sum(lbl for _, lbl in pairs)
-    if n_art == 0 or n_art == len(pairs):
+    if clean_only:
+        if n_art:
+            raise LabelFileError(f"zero-label training takes clean images only, got {n_art} artifact images")
+    elif n_art == 0 or n_art == len(pairs):
         raise LabelFileError(f"training needs both clean and artifact images (got {len(pairs) - n_art} clean, "
                              f"{n_art} artifact)")
     mdir = Path(masks) if masks is not None else None

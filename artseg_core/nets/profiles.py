@@ -34,8 +34,10 @@ class Profile:
     edge_refine: bool = True
     cam_threshold: float | None = None   # pseudo-mask threshold without validation masks (None: refine's default)
     edge_dilation: int = 5
-    cam_source: str = "scorecam"  # saliency: scorecam | logit (the MIL head's own evidence map)
+    cam_source: str = "scorecam"  # pseudo-masks from: scorecam | logit (MIL head's map) | evidence (pixel evidence)
     pseudo_ignore: float = 0.0   # >0: saliency in [ignore * threshold, threshold) is left out of the U-Net loss
+    evidence_min_size: int = 64   # evidence threshold: no object this large (px) on most held-out clean fields
+    evidence_clean_empty: float = 0.95  # ... on this share of them
     # U-Net
     unet_width: int = 64
     unet_levels: int = 5

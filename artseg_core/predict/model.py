@@ -129,10 +129,16 @@ class ArtifactModel:
 
     def __init__(self, profile: Profile, classifier, unet, thresholds: dict | None = None,
                  quality_thresholds: dict | None = None, summary: dict | None = None, device: str = "cpu",
-                 precision: str = "fp32", pixel_size: float | None = None):
+                 precision: str = "fp32", pixel_size: float | None = None, normality=None):
         self.profile = profile
-        self.classifier = classifier.eval()
-        self.unet = unet.eval()
+        if normality is None and (classifier is None or unet is None):
+            raise ValueError("a model needs a classifier and a U-Net, or a normality model (zero-label mode)")
+        self.classifier = classifier.eval() if classifier is not None else None
+        self.unet = unet.eval() if unet is not None else None
+        #: zero-label mode (``artseg train --clean DIR`` alone): a :class:`~artseg_core.weak.evidence.Normality`
+        #: model of the clean fields replaces both networks; the mask is where its anomaly score exceeds
+        #: ``thresholds["unet"]``, and an image is flagged when its mask is non-empty.
+        self.normality = normality
         self.thresholds = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
         self.quality_thresholds = dict(quality_thresholds or {})
         self.summary = dict(summary or {})
@@ -158,9 +164,20 @@ class ArtifactModel:
 
     def to(self, device: str = "auto") -> "ArtifactModel":
         self.device = resolve_device(device)
-        self.classifier.to(self.device)
-        self.unet.to(self.device)
+        for net in (self.classifier, self.unet):
+            if net is not None:
+                net.to(self.device)
         return self
+
+    @property
+    def zero_label(self) -> bool:
+        """True for a model trained on clean fields only (no classifier, no U-Net)."""
+        return self.normality is not None
+
+    def _require_networks(self, what: str) -> None:
+        if self.zero_label:
+            raise ValueError(f"{what} needs a classifier and a U-Net; this is a zero-label model (trained on clean "
+                             "fields only), which has neither")
 
     # ----------------------------------------------------------------- inference pieces
     def _autocast(self):
@@ -176,13 +193,18 @@ class ArtifactModel:
 
         from artseg_core.nets.resnet import resize_for_classifier
 
+        if self.zero_label:
+            return self._anomaly_p(self.normality.score(norm_image))
         x = resize_for_classifier(norm_image, self.profile.cls_size).to(self.device)
         with torch.inference_mode(), self._autocast():
             logits = self.classifier(x)
         return float(torch.softmax(logits.float(), 1)[0, 1])
 
     def segment(self, norm_image: np.ndarray, tile: int | None = None, overlap: int | None = None) -> np.ndarray:
-        """Pixel probability map of a normalised image of any size (tiled, overlap-blended)."""
+        """Pixel probability map of a normalised image of any size (tiled, overlap-blended); the anomaly score
+        map of a zero-label model."""
+        if self.zero_label:
+            return self.normality.score(norm_image)
         return self._segment(norm_image, tile=tile, overlap=overlap)
 
     def _segment(self, image: np.ndarray, tile: int | None = None, overlap: int | None = None,
@@ -247,6 +269,9 @@ class ArtifactModel:
         # normalises tile by tile with the same offset/scale (identical values to io.normalize).
         lo, scale = normalize_range(image)
         norm = apply_normalization(image, lo, scale)
+        if self.zero_label:
+            return self._predict_zero_label(image, norm, threshold, min_size, pixel_size, min_size_um, fill,
+                                            fill_holes, seed)
         p = self.classify(norm)
         del norm
         flagged = p >= self.thresholds["classifier"]
@@ -270,6 +295,34 @@ class ArtifactModel:
         cleaned = fill_artifacts(image, mask, method=fill, seed=seed) if fill else None
         return Result(p_artifact=p, flagged=bool(flagged), segmented=bool(run_unet), prob=prob, mask=mask,
                       labels=labels, objects=objects, quality=quality, cleaned=cleaned)
+
+    def _anomaly_p(self, score: np.ndarray, threshold: float | None = None, min_size: int | None = None) -> float:
+        """Zero-label image score in [0, 1]: 0.5 x (peak anomaly of an object of min_size px) / threshold, so that
+        0.5 (the classifier threshold of such a model) is where the mask stops being empty."""
+        from artseg_core.weak.evidence import object_peak
+
+        thr = self.thresholds["unet"] if threshold is None else float(threshold)
+        ms = int(self.thresholds["min_size"] if min_size is None else min_size)
+        return float(np.clip(0.5 * object_peak(score, ms) / max(thr, 1e-6), 0.0, 1.0))
+
+    def _predict_zero_label(self, image, norm, threshold, min_size, pixel_size, min_size_um, fill, fill_holes,
+                            seed) -> Result:
+        from artseg_core.imgproc.inpaint import fill_artifacts
+
+        thr = self.thresholds["unet"] if threshold is None else float(threshold)
+        if min_size_um is not None:
+            ms = min_size_pixels(min_size_um2=min_size_um, pixel_size=pixel_size)
+        else:
+            ms = int(self.thresholds["min_size"] if min_size is None else min_size)
+        prob = self.normality.score(norm)
+        mask = clean_mask(prob, threshold=thr, min_size=ms, fill_holes=fill_holes)
+        quality = quality_scores(image)
+        quality.update(quality_flags(quality, self.quality_thresholds))
+        labels = label_objects(mask)
+        objects = object_table(labels, prob=np.clip(prob / max(2 * thr, 1e-6), 0, 1), pixel_size=pixel_size)
+        cleaned = fill_artifacts(image, mask, method=fill, seed=seed) if fill else None
+        return Result(p_artifact=self._anomaly_p(prob, thr, ms), flagged=bool(mask.any()), segmented=True,
+                      prob=prob, mask=mask, labels=labels, objects=objects, quality=quality, cleaned=cleaned)
 
     def _scale_factor(self, pixel_size: float | None, rescale: bool) -> float | None:
         """image px / model px when the networks should see a resampled image; warns about a mismatch."""
@@ -330,6 +383,7 @@ class ArtifactModel:
             "artseg_version": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "profile": self.profile.to_dict(),
+            "kind": "zero_label" if self.zero_label else "weak",
             "thresholds": self.thresholds,
             "quality_thresholds": self.quality_thresholds,
             "pixel_size_um": self.pixel_size,
@@ -340,11 +394,16 @@ class ArtifactModel:
 
     def save(self, path) -> Path:
         """Write the one model file (see :mod:`artseg_core.modelfile`)."""
-        arrays = {**state_dict_to_arrays("classifier", self.classifier.state_dict()),
-                  **state_dict_to_arrays("unet", self.unet.state_dict())}
+        if self.zero_label:
+            arrays = self.normality.to_arrays("normality")
+        else:
+            arrays = {**state_dict_to_arrays("classifier", self.classifier.state_dict()),
+                      **state_dict_to_arrays("unet", self.unet.state_dict())}
         return save_model_file(path, self.manifest(), arrays)
 
     def __repr__(self) -> str:
+        if self.zero_label:
+            return f"ArtifactModel(zero-label, thresholds={self.thresholds}, device={self.device!r})"
         return (f"ArtifactModel(profile={self.profile.name!r}, arch={self.profile.arch!r}, "
                 f"thresholds={self.thresholds}, device={self.device!r})")
 
@@ -358,11 +417,18 @@ def load_model(path, device: str = "auto", precision: str = "fp32") -> ArtifactM
         Missing, truncated, corrupt, foreign or newer-format file, or weights that do not fit the configuration.
     """
     manifest, arrays = load_model_file(path)
+    normality = None
     try:
         profile = Profile.from_dict(manifest["profile"])
-        cls, unet = ArtifactModel.build_networks(profile)
-        cls.load_state_dict(arrays_to_state_dict("classifier", arrays))
-        unet.load_state_dict(arrays_to_state_dict("unet", arrays))
+        if manifest.get("kind") == "zero_label":
+            from artseg_core.weak.evidence import Normality
+
+            cls = unet = None
+            normality = Normality.from_arrays("normality", arrays)
+        else:
+            cls, unet = ArtifactModel.build_networks(profile)
+            cls.load_state_dict(arrays_to_state_dict("classifier", arrays))
+            unet.load_state_dict(arrays_to_state_dict("unet", arrays))
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise ModelFileError(path, f"weights do not match the stored configuration ({str(e).splitlines()[0]})") \
             from None
@@ -371,7 +437,7 @@ def load_model(path, device: str = "auto", precision: str = "fp32") -> ArtifactM
         raise ModelFileError(path, f"pixel_size_um must be a positive number of um/pixel, got {px!r}")
     return ArtifactModel(profile, cls, unet, thresholds=manifest.get("thresholds"),
                          quality_thresholds=manifest.get("quality_thresholds"), summary=manifest.get("summary"),
-                         device=device, precision=precision, pixel_size=px)
+                         device=device, precision=precision, pixel_size=px, normality=normality)
 
 
 def _check_pixel_size(value, what: str) -> float:

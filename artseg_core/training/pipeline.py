@@ -109,7 +109,7 @@ def _work_folder(work_dir):
         yield Path(tmp), False
 
 
-def _read_fields(samples, plane, val_fraction, seed, progress) -> _Fields:
+def _read_fields(samples, plane, val_fraction, seed, progress, clean_only: bool = False) -> _Fields:
     """Step 0: read and normalise every image once (QC scores from the raw pixels), hand masks, split."""
     imgs, kept, qscores, skipped = [], [], [], []
     it = samples
@@ -127,7 +127,10 @@ def _read_fields(samples, plane, val_fraction, seed, progress) -> _Fields:
         qscores.append(quality_scores(raw))
         kept.append(s)
     y = np.array([s.label for s in kept], int)
-    if y.sum() == 0 or y.sum() == len(y):
+    if clean_only:
+        if len(y) < 2:
+            raise ValueError("zero-label training needs at least 2 readable clean images")
+    elif y.sum() == 0 or y.sum() == len(y):
         raise ValueError("after skipping unreadable files, training needs both clean and artifact images")
     true_masks = {i: _read_mask(s.mask_path, imgs[i].shape) for i, s in enumerate(kept) if s.mask_path is not None}
     tr, va = stratified_split(y, val_fraction, seed)
@@ -157,15 +160,17 @@ def _classifier_step(prof, cls, f: _Fields, seed, dev, work, progress):
     return x_all, p_all, cfit, cls_thr, gate
 
 
-def _pseudo_mask_step(prof, cls, x_all, f: _Fields, dev, work, keep, progress):
+def _pseudo_mask_step(prof, cls, x_all, f: _Fields, dev, work, keep, progress, seed=0):
     """Step 2: Score-CAM saliency of every artifact image (optionally edge-refined), binarised at a threshold
     chosen on validation hand masks (or the profile's default) -> pseudo-masks, written to the work folder."""
     from artseg_core.weak.logitmap import LOGIT_THRESHOLD, logit_saliency
     from artseg_core.weak.refine import binarize, default_threshold, edge_map, refine_saliency, select_threshold
     from artseg_core.weak.scorecam import score_cam
 
-    if prof.cam_source not in ("scorecam", "logit"):
-        raise ValueError(f"unknown saliency source {prof.cam_source!r}; choose scorecam or logit")
+    if prof.cam_source == "evidence":
+        return _evidence_step(prof, f, seed, work, keep, progress)
+    if prof.cam_source not in ("scorecam", "logit", "evidence"):
+        raise ValueError(f"unknown saliency source {prof.cam_source!r}; choose scorecam, logit or evidence")
     if prof.cam_source == "logit" and getattr(cls, "pool", "avg") == "avg":
         raise ValueError("cam_source='logit' needs a MIL classifier head (cls_pool='topk' or 'lse')")
 
@@ -194,18 +199,62 @@ def _pseudo_mask_step(prof, cls, x_all, f: _Fields, dev, work, keep, progress):
             cam_thr = LOGIT_THRESHOLD * (0.5 if prof.edge_refine else 1.0)
         cam_thr, cam_thr_source = float(cam_thr), "profile default (no validation masks)"
     pseudo = {i: binarize(s, cam_thr) for i, s in saliency.items()}
-    if keep:  # keep the pseudo-masks where the user can look at them
-        from artseg_core.io.files import write_tiff
-
-        (work / "pseudo_masks").mkdir(exist_ok=True)
-        for i, m in pseudo.items():
-            write_tiff(work / "pseudo_masks" / f"{f.samples[i].path.stem}.tif", (m * 255).astype(np.uint8))
+    if keep:
+        _write_pseudo_masks(work, f, pseudo)
     info = {"mode": prof.cam_mode, "edge_refine": prof.edge_refine, "threshold": float(cam_thr),
             "threshold_source": cam_thr_source,
             "mean_pseudo_mask_fraction": float(np.mean([m.mean() for m in pseudo.values()]))}
     if prof.cam_source != "scorecam" or prof.pseudo_ignore > 0:
         info.update(source=prof.cam_source, classifier_pool=prof.cls_pool, ignore_band=prof.pseudo_ignore)
     return pseudo, info, saliency, cam_thr
+
+
+def _write_pseudo_masks(work, f: _Fields, pseudo: dict) -> None:
+    """Keep the pseudo-masks in the work folder, where the user can look at them."""
+    from artseg_core.io.files import write_tiff
+
+    (work / "pseudo_masks").mkdir(exist_ok=True)
+    for i, m in pseudo.items():
+        write_tiff(work / "pseudo_masks" / f"{f.samples[i].path.stem}.tif", (m * 255).astype(np.uint8))
+
+
+def _evidence_step(prof, f: _Fields, seed, work, keep, progress):
+    """Step 2 of the default route: pixel evidence (clean vs artifact fields, :mod:`artseg_core.weak.evidence`)
+    on the training split; its threshold is the lowest one that leaves ``evidence_clean_empty`` of the held-out
+    clean validation fields without an object of ``evidence_min_size`` px (or is chosen on validation hand masks
+    when there are some) -> pseudo-masks."""
+    from artseg_core.weak.evidence import clean_field_threshold, fit_pixel_evidence
+    from artseg_core.weak.refine import binarize, select_threshold
+
+    tr = [int(i) for i in f.tr]
+    ev, fit_info = fit_pixel_evidence([f.imgs[i] for i in tr], f.y[tr], seed=seed)
+    art_idx = [int(i) for i in np.flatnonzero(f.y == 1)]
+    it = art_idx
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(art_idx, desc="pixel evidence", unit="img")
+    maps = {i: ev.score(f.imgs[i]) for i in it}
+    val = set(int(i) for i in f.va)
+    masked_val = [i for i in art_idx if i in f.true_masks and i in val]
+    if masked_val:
+        thr, _table = select_threshold([maps[i] for i in masked_val], [f.true_masks[i] for i in masked_val])
+        source = f"selected on {len(masked_val)} masked validation images"
+    else:
+        clean_val = [i for i in val if f.y[i] == 0]
+        ref = clean_val or [i for i in tr if f.y[i] == 0]
+        thr, empty = clean_field_threshold([ev.score(f.imgs[i]) for i in ref], prof.evidence_min_size,
+                                           prof.evidence_clean_empty)
+        source = (f"lowest leaving {empty:.0%} of {len(ref)} {'validation' if clean_val else 'training'} clean "
+                  f"fields without an object of {prof.evidence_min_size} px")
+    pseudo = {i: binarize(m, thr) for i, m in maps.items()}
+    if keep:
+        _write_pseudo_masks(work, f, pseudo)
+    info = {"source": "evidence", "evidence": fit_info, "threshold": float(thr), "threshold_source": source,
+            "ignore_band": prof.pseudo_ignore,
+            "mean_pseudo_mask_fraction": float(np.mean([m.mean() for m in pseudo.values()]))}
+    log.info("pixel-evidence pseudo-masks: threshold %.3f (%s), mean fraction %.4f", thr, source,
+             info["mean_pseudo_mask_fraction"])
+    return pseudo, info, maps, float(thr)
 
 
 def pseudo_target(saliency: np.ndarray, threshold: float, ignore: float) -> np.ndarray:
@@ -296,6 +345,38 @@ def _summary(f: _Fields, seed, dev, p_all, cfit, cam_info, ufit, calib, threshol
     }
 
 
+def _train_zero_label(prof, samples, plane, val_fraction, seed, dev, pixel_size, progress, t0) -> ArtifactModel:
+    """Zero-label mode: a normality model of the clean fields (:class:`~artseg_core.weak.evidence.Normality`)
+    fitted on the training split; its threshold leaves ``evidence_clean_empty`` of the held-out clean fields
+    without an object of ``evidence_min_size`` px."""
+    from artseg_core.weak.evidence import clean_field_threshold, fit_normality
+
+    f = _read_fields(samples, plane, val_fraction, seed, progress, clean_only=True)
+    tr, va = [int(i) for i in f.tr], [int(i) for i in f.va]
+    if not va:  # stratified_split keeps >= 1 image for training; the threshold needs held-out fields
+        tr, va = tr[:-1], tr[-1:]
+    nm, fit_info = fit_normality([f.imgs[i] for i in tr], seed=seed)
+    thr, empty = clean_field_threshold([nm.score(f.imgs[i]) for i in va], prof.evidence_min_size,
+                                       prof.evidence_clean_empty)
+    model = ArtifactModel(prof, None, None, thresholds={"classifier": 0.5, "gate": 0.5, "unet": float(thr),
+                                                        "min_size": int(prof.evidence_min_size)},
+                          device=dev, normality=nm,
+                          pixel_size=pixel_size if pixel_size is not None
+                          else pixel_size_from_files([s.path for s in f.samples]))
+    model.quality_thresholds = fit_quality_thresholds([f.qscores[i] for i in tr])
+    model.summary = {
+        "mode": "zero_label", "n_images": int(len(f.y)), "n_artifact": 0, "n_clean": int(len(f.y)),
+        "n_train": len(tr), "n_val": len(va), "n_masks": 0, "skipped": f.skipped, "seed": seed, "device": dev,
+        "normality": fit_info,
+        "calibration": {"anomaly_threshold": float(thr), "min_size": int(prof.evidence_min_size),
+                        "reference": f"lowest threshold leaving {empty:.0%} of {len(va)} held-out clean fields "
+                                     f"without an object of {prof.evidence_min_size} px"},
+        "seconds": {"total": round(time.perf_counter() - t0, 1)},
+    }
+    log.info("trained (zero-label): %s", model.summary["calibration"])
+    return model
+
+
 def train(images=None, labels=None, *, clean=None, artifact=None, masks=None, profile="fast",
           val_fraction: float = 0.2, seed: int = 0, device: str = "auto", work_dir=None, progress: bool = True,
           cam_mode: str | None = None, edge_refine: bool | None = None, use_masks_for_training: bool = True,
@@ -308,7 +389,9 @@ def train(images=None, labels=None, *, clean=None, artifact=None, masks=None, pr
     images : path, optional
         Folder of training images, with ``labels`` (``labels.csv``: columns image,label = clean|artifact).
     clean, artifact : path, optional
-        Or a folder of clean and a folder of artifact images.
+        Or a folder of clean and a folder of artifact images. ``clean`` alone (no images, labels or artifact
+        folder) is the zero-label mode: a normality model of the clean fields flags and masks whatever does not
+        look like them (see :class:`~artseg_core.weak.evidence.Normality`).
     masks : path, optional
         Folder with pixel masks for some images (same file stem): used to pick the Score-CAM threshold and to
         calibrate on validation, and (``use_masks_for_training``) as U-Net targets: through a loss term of their own,
@@ -343,7 +426,12 @@ def train(images=None, labels=None, *, clean=None, artifact=None, masks=None, pr
     prof = _resolve_profile(profile, cam_mode, edge_refine, overrides)
     dev = resolve_device(device)
     set_threads()
-    samples = load_labeled_set(images, labels, clean=clean, artifact=artifact, masks=masks)
+    zero_label = clean is not None and images is None and labels is None and artifact is None
+    samples = load_labeled_set(images, labels, clean=clean, artifact=artifact, masks=masks, clean_only=zero_label)
+    if zero_label:
+        if masks is not None:
+            raise ValueError("zero-label training (clean images only) takes no masks")
+        return _train_zero_label(prof, samples, plane, val_fraction, seed, dev, pixel_size, progress, t0)
     with _work_folder(work_dir) as (work, keep):
         check_work_dir(work, samples, {"profile": prof.to_dict(), "seed": seed, "val_fraction": val_fraction,
                                        "plane": plane, "use_masks_for_training": use_masks_for_training},
@@ -354,7 +442,8 @@ def train(images=None, labels=None, *, clean=None, artifact=None, masks=None, pr
         cls, unet = ArtifactModel.build_networks(prof)
         x_all, p_all, cfit, cls_thr, gate = _classifier_step(prof, cls, f, seed, dev, work, progress)
         t2 = time.perf_counter()
-        pseudo, cam_info, saliency, cam_thr = _pseudo_mask_step(prof, cls, x_all, f, dev, work, keep, progress)
+        pseudo, cam_info, saliency, cam_thr = _pseudo_mask_step(prof, cls, x_all, f, dev, work, keep, progress,
+                                                                 seed=seed)
         t3 = time.perf_counter()
         ufit = _unet_step(prof, unet, f, saliency, cam_thr, use_masks_for_training, seed, dev, work, progress)
         t4 = time.perf_counter()

@@ -1,0 +1,263 @@
+"""Pixel evidence from the clean fields: where a field differs from what clean fields look like, per pixel.
+
+Two scorers, both on the filter-bank features of :mod:`artseg_core.imgproc.features`, both giving a full-
+resolution (H, W) map:
+
+:class:`PixelEvidence` (image labels)
+    A small per-pixel network trained to tell pixels of artifact fields from pixels of clean fields. This is
+    positive-unlabelled learning (Elkan & Noto, KDD 2008): every pixel of a clean field is normal, a pixel of an
+    artifact field is normal or artifact. Pixels that look like those of clean fields (cells, background) get
+    about the class prior (~0.5 with balanced sampling); only pixels of kinds that never occur in clean fields
+    approach 1. The clean fields, half of every labelled set, are what teaches the map what is *not* an
+    artifact - the round dark cells that a classifier's saliency lands on are negatives here.
+:class:`Normality` (clean fields only: the zero-label mode)
+    A Gaussian mixture of the clean fields' pixel features; the score is the negative log-likelihood, scaled so
+    that 1 is the clean fields' 99.9th percentile.
+
+Pixels are sampled with :func:`~artseg_core.imgproc.features.sample_pixels` (uniform plus unusual pixels), so
+small debris and thin fibres are not drowned by background. :func:`clean_field_threshold` chooses the
+binarisation on held-out clean fields: the lowest threshold that leaves a given share of them without any object.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from artseg_core.imgproc.features import N_FEATURES, pixel_features, sample_pixels
+
+log = logging.getLogger(__name__)
+
+#: the evidence map is smoothed with this Gaussian sigma (pixels) before it is thresholded
+SMOOTH_SIGMA = 1.5
+
+
+def _check_field(image) -> np.ndarray:
+    x = np.asarray(image, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"expected a 2-D normalised field, got shape {x.shape}")
+    return x
+
+
+@dataclass
+class PixelEvidence:
+    """Per-pixel P(field is an artifact field | pixel features), from image labels (see the module docstring)."""
+
+    net: object      # artseg_core.nets.pixelmlp.PixelMLP
+    mean: np.ndarray
+    std: np.ndarray
+
+    def score(self, image: np.ndarray, smooth: float = SMOOTH_SIGMA) -> np.ndarray:
+        """(H, W) float32 evidence in [0, 1] of one normalised field, Gaussian-smoothed by ``smooth`` px."""
+        x = _check_field(image)
+        f = pixel_features(x)
+        m = self.net.score_map(f, self.mean, self.std)
+        return ndi.gaussian_filter(m, smooth).astype(np.float32) if smooth else m
+
+    def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        from artseg_core.io.modelfile import state_dict_to_arrays
+
+        return {**state_dict_to_arrays(f"{prefix}.net", self.net.state_dict()),
+                f"{prefix}.mean": self.mean.astype(np.float32), f"{prefix}.std": self.std.astype(np.float32)}
+
+    @classmethod
+    def from_arrays(cls, prefix: str, arrays: dict, hidden: int) -> "PixelEvidence":
+        from artseg_core.io.modelfile import arrays_to_state_dict
+        from artseg_core.nets.pixelmlp import PixelMLP
+
+        net = PixelMLP(N_FEATURES, hidden)
+        net.load_state_dict(arrays_to_state_dict(f"{prefix}.net", arrays))
+        return cls(net.eval(), np.asarray(arrays[f"{prefix}.mean"]), np.asarray(arrays[f"{prefix}.std"]))
+
+
+def _field_rows(images, per_field: int, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [sample_pixels(pixel_features(_check_field(im)), per_field, rng) for im in images]
+
+
+def fit_pixel_evidence(images, labels, seed: int = 0, per_field: int = 3000, epochs: int = 4, hidden: int = 64,
+                       lr: float = 2e-3, batch: int = 4096) -> tuple[PixelEvidence, dict]:
+    """Train a :class:`PixelEvidence` on normalised fields with image labels (1 = artifact, 0 = clean).
+
+    Returns the scorer and a summary (pixels sampled, final loss, training accuracy on the sampled pixels).
+    """
+    import torch
+
+    from artseg_core.nets.pixelmlp import PixelMLP
+
+    y_img = np.asarray(labels, int)
+    if y_img.min() == y_img.max():
+        raise ValueError("pixel evidence needs both clean and artifact fields")
+    rows = _field_rows(images, per_field, seed)
+    x = np.concatenate(rows)
+    y = np.concatenate([np.full(len(r), float(c), np.float32) for r, c in zip(rows, y_img)])
+    # classes balanced by weight: each class contributes half of the loss whatever the label counts
+    w = np.where(y == 1, 0.5 / max((y == 1).mean(), 1e-9), 0.5 / max((y == 0).mean(), 1e-9)).astype(np.float32)
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    xt = torch.from_numpy(((x - mean) / std).astype(np.float32))
+    yt, wt = torch.from_numpy(y), torch.from_numpy(w)
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    net = PixelMLP(x.shape[1], hidden)
+    opt = torch.optim.Adam(net.parameters(), lr)
+    loss_v = float("nan")
+    for _ in range(epochs):
+        perm = torch.randperm(len(xt), generator=g)
+        for i in range(0, len(xt), batch):
+            b = perm[i:i + batch]
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(net(xt[b]), yt[b], weight=wt[b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            loss_v = float(loss)
+    net.eval()
+    with torch.no_grad():
+        acc = float(((net(xt) > 0).float() == yt).float().mean())
+    info = {"pixels": int(len(y)), "per_field": per_field, "epochs": epochs, "final_loss": round(loss_v, 4),
+            "train_pixel_accuracy": round(acc, 4)}
+    log.info("pixel evidence: %s", info)
+    return PixelEvidence(net, mean.astype(np.float32), std.astype(np.float32)), info
+
+
+@dataclass
+class Normality:
+    """Gaussian mixture of the clean fields' pixel features; :meth:`score` = scaled negative log-likelihood."""
+
+    mean: np.ndarray          # (F,) feature standardisation
+    std: np.ndarray
+    weights: np.ndarray       # (K,)
+    means: np.ndarray         # (K, F)
+    prec_chol: np.ndarray     # (K, F, F) Cholesky factors of the precision matrices
+    nll_lo: float = 0.0       # clean median NLL -> score 0
+    nll_hi: float = 1.0       # clean 99.9th percentile NLL -> score 1
+
+    def nll(self, rows: np.ndarray) -> np.ndarray:
+        z = (rows - self.mean) / self.std
+        return -_gmm_loglik(z.astype(np.float64), self.weights, self.means, self.prec_chol)
+
+    def score(self, image: np.ndarray, smooth: float = SMOOTH_SIGMA) -> np.ndarray:
+        x = _check_field(image)
+        f = pixel_features(x)
+        rows = f.reshape(f.shape[0], -1).T
+        out = np.empty(rows.shape[0], np.float32)
+        for i in range(0, rows.shape[0], 1 << 16):
+            out[i:i + (1 << 16)] = self.nll(rows[i:i + (1 << 16)])
+        m = ((out - self.nll_lo) / max(self.nll_hi - self.nll_lo, 1e-6)).reshape(x.shape).astype(np.float32)
+        return ndi.gaussian_filter(m, smooth).astype(np.float32) if smooth else m
+
+    def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        return {f"{prefix}.{k}": np.asarray(getattr(self, k), np.float64)
+                for k in ("mean", "std", "weights", "means", "prec_chol", "nll_lo", "nll_hi")}
+
+    @classmethod
+    def from_arrays(cls, prefix: str, arrays: dict) -> "Normality":
+        a = {k: np.asarray(arrays[f"{prefix}.{k}"]) for k in ("mean", "std", "weights", "means", "prec_chol",
+                                                              "nll_lo", "nll_hi")}
+        return cls(a["mean"], a["std"], a["weights"], a["means"], a["prec_chol"], float(a["nll_lo"]),
+                   float(a["nll_hi"]))
+
+
+def _gmm_loglik(z, weights, means, prec_chol) -> np.ndarray:
+    """log p(z) under a full-covariance Gaussian mixture (precision Cholesky parametrisation)."""
+    n, d = z.shape
+    comp = np.empty((n, len(weights)))
+    for k in range(len(weights)):
+        y = (z - means[k]) @ prec_chol[k]
+        logdet = np.sum(np.log(np.diag(prec_chol[k])))
+        comp[:, k] = np.log(weights[k] + 1e-300) + logdet - 0.5 * (d * np.log(2 * np.pi) + np.sum(y * y, 1))
+    mx = comp.max(1, keepdims=True)
+    return (mx + np.log(np.exp(comp - mx).sum(1, keepdims=True)))[:, 0]
+
+
+def fit_normality(clean_images, seed: int = 0, per_field: int = 3000, components: int = 8, iters: int = 60,
+                  reg: float = 1e-3) -> tuple[Normality, dict]:
+    """Fit :class:`Normality` on normalised clean fields (EM, k-means++-style start, ``reg`` on the diagonal)."""
+    rows = _field_rows(clean_images, per_field, seed)
+    if not rows:
+        raise ValueError("the normality model needs at least one clean field")
+    x = np.concatenate(rows).astype(np.float64)
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    z = (x - mean) / std
+    n, d = z.shape
+    k_n = max(1, min(components, n // (5 * d)))
+    rng = np.random.default_rng(seed)
+    centres = [z[rng.integers(n)]]
+    for _ in range(1, k_n):  # k-means++ seeding
+        d2 = np.min([np.sum((z - c) ** 2, 1) for c in centres], 0)
+        centres.append(z[rng.choice(n, p=d2 / d2.sum())])
+    resp = np.zeros((n, k_n))
+    resp[np.arange(n), np.argmin([np.sum((z - c) ** 2, 1) for c in centres], 0)] = 1.0
+    prev = -np.inf
+    weights = means = prec_chol = None
+    for it in range(iters):
+        nk = resp.sum(0) + 1e-10
+        weights = nk / n
+        means = (resp.T @ z) / nk[:, None]
+        prec_chol = np.empty((k_n, d, d))
+        for k in range(k_n):
+            diff = z - means[k]
+            cov = (resp[:, k, None] * diff).T @ diff / nk[k] + reg * np.eye(d)
+            c = np.linalg.cholesky(cov)
+            prec_chol[k] = np.linalg.solve(c, np.eye(d)).T
+        comp = np.empty((n, k_n))
+        for k in range(k_n):
+            y = (z - means[k]) @ prec_chol[k]
+            comp[:, k] = (np.log(weights[k] + 1e-300) + np.sum(np.log(np.diag(prec_chol[k])))
+                          - 0.5 * (d * np.log(2 * np.pi) + np.sum(y * y, 1)))
+        mx = comp.max(1, keepdims=True)
+        ll = mx[:, 0] + np.log(np.exp(comp - mx).sum(1))
+        resp = np.exp(comp - ll[:, None])
+        cur = float(ll.mean())
+        if cur - prev < 1e-4:
+            break
+        prev = cur
+    model = Normality(mean, std, weights, means, prec_chol)
+    nll = model.nll(x)
+    model.nll_lo, model.nll_hi = float(np.median(nll)), float(np.quantile(nll, 0.999))
+    info = {"pixels": int(n), "components": int(k_n), "em_iterations": it + 1, "mean_loglik": round(cur, 3)}
+    log.info("normality model: %s", info)
+    return model, info
+
+
+def clean_field_threshold(clean_maps, min_size: int, target_empty: float = 0.95,
+                          candidates=None) -> tuple[float, float]:
+    """Lowest threshold at which ``target_empty`` of the clean fields' maps have no object of ``min_size`` px or
+    more; returns (threshold, share of those fields left empty). Without clean maps: (0.9, nan)."""
+    maps = list(clean_maps)
+    if not maps:
+        return 0.9, float("nan")
+    # per field: the largest threshold at which an object of min_size survives = the field's "peak"
+    peaks = np.array([object_peak(m, min_size) for m in maps])
+    t = float(np.quantile(peaks, target_empty, method="higher")) + 1e-4
+    if candidates is not None:
+        above = [c for c in sorted(candidates) if c >= t]
+        t = above[0] if above else t
+    return t, float(np.mean(peaks < t))
+
+
+def object_peak(m: np.ndarray, min_size: int) -> float:
+    """The largest threshold t at which ``m >= t`` still has a connected object of at least ``min_size`` px
+    (bisection on t over 24 steps)."""
+    lo, hi = float(m.min()), float(m.max())
+    if min_size <= 1:
+        return hi
+
+    def has(t):
+        lab, n = ndi.label(m >= t)
+        return n > 0 and np.bincount(lab.ravel())[1:].max() >= min_size
+
+    if not has(lo):
+        return lo
+    for _ in range(24):
+        mid = (lo + hi) / 2
+        if has(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+__all__ = ["PixelEvidence", "Normality", "fit_pixel_evidence", "fit_normality", "clean_field_threshold", "object_peak",
+           "SMOOTH_SIGMA"]

@@ -1,0 +1,181 @@
+"""Pixel evidence (clean vs artifact fields), the normality model and the clean-field threshold."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from artseg_core.imgproc.features import N_FEATURES, deviation_z, pixel_features, sample_pixels
+from artseg_core.weak.evidence import (
+    Normality,
+    PixelEvidence,
+    clean_field_threshold,
+    fit_normality,
+    fit_pixel_evidence,
+    object_peak,
+)
+
+pytestmark = pytest.mark.engine
+
+
+def _field(rng, fibre: bool, size: int = 96) -> tuple[np.ndarray, np.ndarray]:
+    """Noise with dark round 'cells' (in every field) and, for artifact fields, a bright thin line (a fibre)."""
+    yy, xx = np.mgrid[:size, :size]
+    x = 0.5 + 0.03 * rng.standard_normal((size, size))
+    cells = np.zeros((size, size), bool)
+    for _ in range(6):
+        cy, cx = rng.integers(8, size - 8, 2)
+        cells |= (yy - cy) ** 2 + (xx - cx) ** 2 < 25
+    x[cells] -= 0.3
+    truth = np.zeros((size, size), bool)
+    if fibre:
+        r0 = rng.integers(20, size - 20)
+        truth = np.abs(yy - r0 - 0.3 * (xx - size / 2)) < 1.5
+        truth &= ~cells
+        x[truth] += 0.4
+    return x.astype(np.float32), truth
+
+
+def test_features_shape_and_median_invariance():
+    rng = np.random.default_rng(0)
+    x, _ = _field(rng, fibre=False)
+    f = pixel_features(x)
+    assert f.shape == (N_FEATURES, 96, 96) and f.dtype == np.float32
+    # a field's overall brightness does not enter (intensities relative to its median)
+    np.testing.assert_allclose(pixel_features(x + 0.2), f, atol=1e-4)
+    with pytest.raises(ValueError, match="2-D"):
+        pixel_features(np.zeros((2, 8, 8)))
+
+
+def test_sampling_prefers_unusual_pixels():
+    rng = np.random.default_rng(1)
+    x = np.full((64, 64), 0.5, np.float32) + 0.01 * np.random.default_rng(2).standard_normal((64, 64)).astype(
+        np.float32)
+    x[30:34, 30:34] = 1.0  # 16 of 4096 pixels (0.4 %)
+    f = pixel_features(x)
+    rows = sample_pixels(f, 600, rng)
+    assert rows.shape == (600, N_FEATURES)
+    # the pixels around the spot (strong deviation from the background) are drawn far more often than their
+    # share of the field
+    unusual = deviation_z(f) > 6
+    share = unusual.mean()
+    assert 0 < share < 0.05
+    cut = f[-1][unusual].min()
+    assert np.mean(rows[:, -1] >= cut) > 10 * share
+
+
+def test_pixel_evidence_separates_fibres_from_cells_that_clean_fields_also_have():
+    rng = np.random.default_rng(3)
+    fields = [_field(rng, fibre=bool(i % 2)) for i in range(24)]
+    ev, info = fit_pixel_evidence([f for f, _ in fields], [i % 2 for i in range(24)], seed=0, per_field=800,
+                                  epochs=6)
+    assert info["pixels"] == 24 * 800 and 0 < info["train_pixel_accuracy"] <= 1
+    test_rng = np.random.default_rng(99)
+    x, truth = _field(test_rng, fibre=True)
+    m = ev.score(x)
+    assert m.shape == x.shape and m.dtype == np.float32 and 0 <= m.min() and m.max() <= 1
+    cells = x < 0.35
+    assert m[truth].mean() > 0.75, m[truth].mean()
+    assert m[truth].mean() > m[cells].mean() + 0.3, (m[truth].mean(), m[cells].mean())
+    # the file round trip gives the same map
+    arrays = ev.to_arrays("evidence")
+    ev2 = PixelEvidence.from_arrays("evidence", arrays, hidden=ev.net.hidden)
+    np.testing.assert_allclose(ev2.score(x), m, atol=1e-6)
+    with pytest.raises(ValueError, match="both clean and artifact"):
+        fit_pixel_evidence([fields[0][0]], [1])
+
+
+def test_object_peak_ignores_objects_below_min_size():
+    m = np.zeros((64, 64), np.float32)
+    m[10:20, 10:20] = 0.7   # 100 px at 0.7
+    m[40, 40] = 0.99        # a single bright pixel
+    assert object_peak(m, 1) == pytest.approx(0.99)
+    assert object_peak(m, 50) == pytest.approx(0.7, abs=1e-3)
+    assert object_peak(m, 200) <= 1e-6   # no object that large at any threshold above the minimum
+
+
+def test_clean_field_threshold_leaves_the_asked_share_empty():
+    maps = []
+    for k in range(20):
+        m = np.zeros((32, 32), np.float32)
+        m[4:14, 4:14] = 0.5 + 0.02 * k   # peaks 0.50 .. 0.88
+        maps.append(m)
+    t, empty = clean_field_threshold(maps, min_size=50, target_empty=0.95)
+    assert empty >= 0.95
+    assert t == pytest.approx(0.88, abs=2e-3)
+    t2, empty2 = clean_field_threshold(maps, min_size=50, target_empty=0.5)
+    assert t2 < t and 0.5 <= empty2 < 0.95
+    assert clean_field_threshold([], 10) == (0.9, pytest.approx(float("nan"), nan_ok=True))
+
+
+def test_normality_scores_what_clean_fields_never_show():
+    rng = np.random.default_rng(4)
+    clean = [_field(rng, fibre=False)[0] for _ in range(16)]
+    nm, info = fit_normality(clean, seed=0, per_field=600, components=4, iters=30)
+    assert info["components"] >= 1 and info["pixels"] == 16 * 600
+    x, truth = _field(np.random.default_rng(98), fibre=True)
+    s = nm.score(x)
+    cells = x < 0.35
+    assert np.median(s[truth]) > 1.0   # 1 = the clean fields' 99.9th percentile
+    assert np.median(s[truth]) > 5 * np.median(s[cells])
+    nm2 = Normality.from_arrays("n", nm.to_arrays("n"))
+    np.testing.assert_allclose(nm2.score(x), s, rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def zero_label_model(tmp_path_factory):
+    """A zero-label model trained by ``artseg train --clean DIR`` on the clean fields of a small phantom plate."""
+    import csv
+    import shutil
+
+    from click.testing import CliRunner
+
+    from artseg_core.cli.main import main as cli
+    from artseg_core.data import phantoms
+
+    root = tmp_path_factory.mktemp("zero_label")
+    phantoms.make_plate(root / "plate", rows=2, cols=4, fields=2, prevalence=0.5, seed=5, shape=(128, 128))
+    clean = root / "clean"
+    clean.mkdir()
+    with open(root / "plate" / "labels.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    for r in rows:
+        if r["label"] == "clean":
+            shutil.copy(root / "plate" / "images" / r["image"], clean / r["image"])
+    out = root / "zl.artseg"
+    res = CliRunner().invoke(cli, ["train", "--clean", str(clean), "-o", str(out), "--profile", "tiny"])
+    assert res.exit_code == 0, res.output
+    assert "zero-label model" in res.output
+    return out, root / "plate", rows
+
+
+def test_zero_label_mode_trains_from_clean_fields_and_masks_artifacts(zero_label_model):
+    from artseg_core import load_model
+    from artseg_core.io.images import read_image
+
+    path, plate, rows = zero_label_model
+    model = load_model(path)
+    assert model.zero_label and model.classifier is None and model.summary["mode"] == "zero_label"
+    hits = []
+    for r in rows:
+        if r["label"] != "artifact":
+            continue
+        stem = r["image"].rsplit(".", 1)[0]
+        res = model.predict(read_image(plate / "images" / r["image"]))
+        truth = read_image(plate / "masks" / f"{stem}.tif", allow_constant=True) > 0
+        assert res.flagged == bool(res.mask.any())           # one answer per image
+        assert (res.p_artifact >= 0.5) == res.flagged or not res.mask.any()
+        hits.append((res.mask & truth).sum() > 0)
+    assert np.mean(hits) >= 0.5, hits     # most artifact fields: the mask touches the true artifact
+    with pytest.raises(ValueError, match="zero-label"):
+        from artseg_core.export.onnx_export import export_onnx
+        export_onnx(model, path.parent / "onnx")
+
+
+def test_zero_label_refuses_artifact_images(tmp_path, zero_label_model):
+    from artseg_core.io.labels import LabelFileError
+    from artseg_core.io.labels import load_labeled_set
+
+    _, plate, _ = zero_label_model
+    with pytest.raises(LabelFileError, match="clean images only"):
+        load_labeled_set(plate / "images", plate / "labels.csv", clean_only=True)
+    assert len(load_labeled_set(clean=plate / "images", clean_only=True)) == 16

@@ -9,7 +9,8 @@
 * weak_mil   the MIL route (issue 14): classifier head pooling the top 2 % of its logit map, that logit map
              as saliency (its own 0.5 boundary), pseudo-masks with an ignored band (saliency in [0.25, 0.5));
              it trains its own classifier
-* masks_K    weak_mil plus hand masks of K artifact training fields (own loss term, oversampled)
+* weak_paper today's Score-CAM route of the ``fast`` profile (Score-CAM with the edge map)
+* masks_K    weak_evidence plus hand masks of K artifact training fields (own loss term, oversampled)
 * weak_evidence  pseudo-masks from pixel evidence (clean vs artifact fields, weak/evidence.py), thresholded so
              that held-out clean fields stay empty, with an ignored band below the threshold
 * zero_label the clean training fields only: a normality model of them (``artseg train --clean DIR``)
@@ -144,6 +145,9 @@ def main(argv=None) -> dict:
                          "(K = 1, 4, 8, ...)")
     ap.add_argument("--cls-epochs", type=int, default=None, help="override the profile's classifier epochs")
     ap.add_argument("--unet-steps", type=int, default=None, help="U-Net steps, exactly (default: the profile's rule)")
+    ap.add_argument("--classifier-from", type=Path, default=None,
+                    help="a model file trained on the same training plate (same seed and size): its classifier is "
+                         "shared by the variants with the average-pooling head instead of training one")
     ap.add_argument("--out", type=Path, default=Path("bench_out/accuracy"))
     a = ap.parse_args(argv)
     profile = a.profile or ("tiny" if a.quick else "fast")
@@ -176,24 +180,24 @@ def main(argv=None) -> dict:
     imgs, truth, labels, types = test_set(tep)
     results, seconds = {}, {}
     catalogue = {"weak": dict(edge_refine=False), "weak_edge": dict(edge_refine=True), "weak_mil": dict(MIL),
-                 "weak_evidence": dict(EVIDENCE),
+                 "weak_evidence": dict(EVIDENCE), "weak_paper": dict(edge_refine=True, cam_source="scorecam"),
                  "strong": dict(masks=trp / "masks", use_masks_for_training=True)}
     names = [v.strip() for v in a.variants.split(",") if v.strip()]
     for v in names:
         if v.startswith("masks_") and v[6:].isdigit():
-            catalogue[v] = dict(MIL, masks=_some_masks(trp, int(v[6:]), out / f"hand_{v}"))
+            catalogue[v] = dict(EVIDENCE, masks=_some_masks(trp, int(v[6:]), out / f"hand_{v}"))
         elif v == "zero_label":
             catalogue[v] = dict(zero_label=True)
         elif v not in catalogue:
             ap.error(f"unknown variant {v!r}")
     variants = [(v, catalogue[v]) for v in names]
-    ckpts: dict[bool, Path] = {}  # one classifier per head kind (average or MIL), shared by its variants
+    shared: dict[bool, Path] = {}  # one classifier per head kind (average or MIL), shared by its variants
+    if a.classifier_from is not None:
+        shared[False] = a.classifier_from
     for name, kw in variants:
         wd = out / f"work_{name}"
         wd.mkdir(parents=True)
         mil = "cls_pool" in kw
-        if mil in ckpts:
-            shutil.copy(ckpts[mil], wd / "classifier.ckpt")
         t = time.perf_counter()
         budget = {k: v for k, v in (("cls_epochs", a.cls_epochs), ("unet_steps", a.unet_steps)) if v is not None}
         if kw.get("zero_label"):
@@ -201,11 +205,11 @@ def main(argv=None) -> dict:
                           progress=False)
         else:
             model = train(trp / "images", trp / "labels.csv", profile=profile, seed=a.seed, work_dir=wd,
-                          progress=False, **budget, **kw)
+                          progress=False, classifier_from=shared.get(mil), **budget, **kw)
         seconds[name] = round(time.perf_counter() - t, 1)
-        if (wd / "classifier.ckpt").is_file():
-            ckpts.setdefault(mil, wd / "classifier.ckpt")
         model.save(out / f"{name}.artseg")
+        if not model.zero_label:
+            shared.setdefault(mil, out / f"{name}.artseg")
         results[name] = score_model(load_model(out / f"{name}.artseg"), imgs, truth, labels, types)
         print(name, results[name], f"{seconds[name]} s", flush=True)
     base_preds = {s: baseline_mask(im) for s, im in imgs.items()}

@@ -37,7 +37,10 @@ class Profile:
     cam_source: str = "scorecam"  # pseudo-masks from: scorecam | logit (MIL head's map) | evidence (pixel evidence)
     pseudo_ignore: float = 0.0   # >0: saliency in [ignore * threshold, threshold) is left out of the U-Net loss
     evidence_min_size: int = 64   # evidence threshold: no object this large (px) on most held-out clean fields
-    evidence_clean_empty: float = 0.95  # ... on this share of them
+    evidence_clean_empty: float = 0.5  # ... on this share of them (pseudo-masks: recall matters, the U-Net and
+    #                                      the classifier's flag keep clean fields clean)
+    zero_label_clean_empty: float = 0.95  # zero-label mode: the mask's threshold leaves this share of held-out
+    #                                       clean fields without an object of evidence_min_size px
     # U-Net
     unet_width: int = 64
     unet_levels: int = 5

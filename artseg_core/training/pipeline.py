@@ -139,8 +139,9 @@ def _read_fields(samples, plane, val_fraction, seed, progress, clean_only: bool 
     return _Fields(kept, imgs, qscores, skipped, y, true_masks, tr, va)
 
 
-def _classifier_step(prof, cls, f: _Fields, seed, dev, work, progress):
-    """Step 1: fit the classifier; its validation threshold (best F1) and the U-Net gate."""
+def _classifier_step(prof, cls, f: _Fields, seed, dev, work, progress, classifier_from=None):
+    """Step 1: fit the classifier (or take the trained one of ``classifier_from``); its validation threshold (best
+    F1) and the U-Net gate."""
     import torch
 
     from artseg_core.nets.resnet import resize_for_classifier
@@ -148,16 +149,35 @@ def _classifier_step(prof, cls, f: _Fields, seed, dev, work, progress):
 
     y, tr, va = f.y, f.tr, f.va
     x_all = torch.cat([resize_for_classifier(im, prof.cls_size) for im in f.imgs])
-    cfit = fit_classifier(cls, x_all[tr], y[tr], x_all[va] if len(va) else None, y[va] if len(va) else None,
-                          ClassifierFitConfig(epochs=prof.cls_epochs, batch_size=prof.cls_batch, lr=prof.cls_lr,
-                                              plateau=prof.cls_plateau, early_stop=prof.cls_early_stop, seed=seed,
-                                              fast_math=prof.train_fast_math),
-                          device=dev, checkpoint=work / "classifier.ckpt", progress=progress)
+    if classifier_from is not None:
+        cfit = _reuse_classifier(cls, classifier_from)
+    else:
+        cfit = fit_classifier(cls, x_all[tr], y[tr], x_all[va] if len(va) else None, y[va] if len(va) else None,
+                              ClassifierFitConfig(epochs=prof.cls_epochs, batch_size=prof.cls_batch, lr=prof.cls_lr,
+                                                  plateau=prof.cls_plateau, early_stop=prof.cls_early_stop, seed=seed,
+                                                  fast_math=prof.train_fast_math),
+                              device=dev, checkpoint=work / "classifier.ckpt", progress=progress)
     p_all = predict_proba(cls, x_all, device=dev)
     cls_thr = best_classifier_threshold(y[va], p_all[va]) if len(va) else 0.5
     art_val = p_all[va][y[va] == 1] if len(va) else np.array([])
     gate = float(np.clip(min(0.5 * cls_thr, 0.5 * art_val.min() if art_val.size else 0.5 * cls_thr), 1e-3, cls_thr))
     return x_all, p_all, cfit, cls_thr, gate
+
+
+def _reuse_classifier(cls, path) -> dict:
+    """Load the classifier of a model file trained on the same images (same profile networks); its fit summary."""
+    from artseg_core.predict.model import load_model
+
+    other = load_model(path, device="cpu")
+    if other.classifier is None:
+        raise ValueError(f"{path}: a zero-label model has no classifier to reuse")
+    try:
+        cls.load_state_dict(other.classifier.state_dict())
+    except RuntimeError as e:
+        raise ValueError(f"{path}: its classifier does not fit this profile's ({str(e).splitlines()[0]})") from None
+    cfit = dict((other.summary.get("classifier") or {}))
+    return {"epochs_run": cfit.get("epochs_run", 0), "best_epoch": cfit.get("best_epoch"),
+            "reused_from": str(path)}
 
 
 def _pseudo_mask_step(prof, cls, x_all, f: _Fields, dev, work, keep, progress, seed=0):
@@ -219,42 +239,77 @@ def _write_pseudo_masks(work, f: _Fields, pseudo: dict) -> None:
 
 
 def _evidence_step(prof, f: _Fields, seed, work, keep, progress):
-    """Step 2 of the default route: pixel evidence (clean vs artifact fields, :mod:`artseg_core.weak.evidence`)
-    on the training split; its threshold is the lowest one that leaves ``evidence_clean_empty`` of the held-out
-    clean validation fields without an object of ``evidence_min_size`` px (or is chosen on validation hand masks
-    when there are some) -> pseudo-masks."""
-    from artseg_core.weak.evidence import clean_field_threshold, fit_pixel_evidence
-    from artseg_core.weak.refine import binarize, select_threshold
+    """Step 2 of the evidence route (:mod:`artseg_core.weak.evidence`), all fitted on the training split:
+
+    * pixel evidence (pixels of artifact vs clean fields) -> a map that finds diffuse artifacts;
+    * object evidence on the candidate objects (everything that stands out from the smooth background, cells
+      included) -> which compact objects are artifacts;
+    * pseudo-mask = kept objects | evidence map above its threshold. Both thresholds are the lowest that leave
+      ``evidence_clean_empty`` of the held-out clean validation fields without a kept object / an evidence object
+      of ``evidence_min_size`` px (with validation hand masks, the map's threshold is chosen on those instead).
+    """
+    from artseg_core.imgproc.features import pixel_features
+    from artseg_core.imgproc.postprocess import clean_mask
+    from artseg_core.weak.evidence import (
+        candidate_objects,
+        clean_field_threshold,
+        fit_object_evidence,
+        fit_pixel_evidence,
+        object_features,
+    )
+    from artseg_core.weak.refine import select_threshold
 
     tr = [int(i) for i in f.tr]
     ev, fit_info = fit_pixel_evidence([f.imgs[i] for i in tr], f.y[tr], seed=seed)
+    val = set(int(i) for i in f.va)
     art_idx = [int(i) for i in np.flatnonzero(f.y == 1)]
-    it = art_idx
+    clean_val = [i for i in sorted(val) if f.y[i] == 0]
+    ref = clean_val or [i for i in tr if f.y[i] == 0]
+    need = sorted(set(tr) | set(art_idx) | set(ref))
+    it = need
     if progress:
         from tqdm.auto import tqdm
-        it = tqdm(art_idx, desc="pixel evidence", unit="img")
-    maps = {i: ev.score(f.imgs[i]) for i in it}
-    val = set(int(i) for i in f.va)
+        it = tqdm(need, desc="pixel and object evidence", unit="img")
+    maps, cands, rows = {}, {}, {}
+    for i in it:
+        feats = pixel_features(f.imgs[i])
+        maps[i] = ev.score_features(feats)
+        cands[i] = candidate_objects(feats)
+        rows[i] = object_features(feats, maps[i], *cands[i])
+        del feats
+    oev, obj_info = fit_object_evidence([rows[i] for i in tr], f.y[tr], seed=seed)
+    obj_scores = {i: (oev.score(rows[i]) if oev is not None else np.zeros(len(rows[i]), np.float32)) for i in need}
+    peaks = np.array([obj_scores[i].max() if len(obj_scores[i]) else 0.0 for i in ref])
+    obj_thr = float(np.quantile(peaks, prof.evidence_clean_empty, method="higher")) + 1e-6 if len(peaks) else 1.0
     masked_val = [i for i in art_idx if i in f.true_masks and i in val]
+    ms = prof.evidence_min_size
     if masked_val:
         thr, _table = select_threshold([maps[i] for i in masked_val], [f.true_masks[i] for i in masked_val])
         source = f"selected on {len(masked_val)} masked validation images"
     else:
-        clean_val = [i for i in val if f.y[i] == 0]
-        ref = clean_val or [i for i in tr if f.y[i] == 0]
-        thr, empty = clean_field_threshold([ev.score(f.imgs[i]) for i in ref], prof.evidence_min_size,
-                                           prof.evidence_clean_empty)
+        thr, empty = clean_field_threshold([maps[i] for i in ref], ms, prof.evidence_clean_empty)
         source = (f"lowest leaving {empty:.0%} of {len(ref)} {'validation' if clean_val else 'training'} clean "
-                  f"fields without an object of {prof.evidence_min_size} px")
-    pseudo = {i: binarize(m, thr) for i, m in maps.items()}
+                  f"fields without an object of {ms} px")
+
+    def pseudo_of(i):
+        lab, _n = cands[i]
+        keep_obj = np.concatenate([[False], obj_scores[i] >= obj_thr])
+        return keep_obj[lab] | clean_mask(maps[i], thr, min_size=ms)
+
+    pseudo = {i: pseudo_of(i) for i in art_idx}
     if keep:
         _write_pseudo_masks(work, f, pseudo)
-    info = {"source": "evidence", "evidence": fit_info, "threshold": float(thr), "threshold_source": source,
+    # the U-Net target: pseudo-mask = 1; the band of evidence in [ignore x threshold, threshold) outside it ignored
+    targets = {i: np.where(pseudo[i], 1.0, np.minimum(maps[i], thr * 0.999)).astype(np.float32) for i in art_idx}
+    info = {"source": "evidence", "evidence": fit_info, "objects": obj_info, "threshold": float(thr),
+            "threshold_source": source, "object_threshold": round(obj_thr, 4),
+            "object_threshold_source": f"{prof.evidence_clean_empty:.0%} of {len(ref)} clean fields without a kept "
+                                       f"candidate object",
             "ignore_band": prof.pseudo_ignore,
             "mean_pseudo_mask_fraction": float(np.mean([m.mean() for m in pseudo.values()]))}
-    log.info("pixel-evidence pseudo-masks: threshold %.3f (%s), mean fraction %.4f", thr, source,
-             info["mean_pseudo_mask_fraction"])
-    return pseudo, info, maps, float(thr)
+    log.info("evidence pseudo-masks: map threshold %.3f (%s), object threshold %.3f, mean fraction %.4f", thr,
+             source, obj_thr, info["mean_pseudo_mask_fraction"])
+    return pseudo, info, targets, float(thr)
 
 
 def pseudo_target(saliency: np.ndarray, threshold: float, ignore: float) -> np.ndarray:
@@ -347,7 +402,7 @@ def _summary(f: _Fields, seed, dev, p_all, cfit, cam_info, ufit, calib, threshol
 
 def _train_zero_label(prof, samples, plane, val_fraction, seed, dev, pixel_size, progress, t0) -> ArtifactModel:
     """Zero-label mode: a normality model of the clean fields (:class:`~artseg_core.weak.evidence.Normality`)
-    fitted on the training split; its threshold leaves ``evidence_clean_empty`` of the held-out clean fields
+    fitted on the training split; its threshold leaves ``zero_label_clean_empty`` of the held-out clean fields
     without an object of ``evidence_min_size`` px."""
     from artseg_core.weak.evidence import clean_field_threshold, fit_normality
 
@@ -357,7 +412,7 @@ def _train_zero_label(prof, samples, plane, val_fraction, seed, dev, pixel_size,
         tr, va = tr[:-1], tr[-1:]
     nm, fit_info = fit_normality([f.imgs[i] for i in tr], seed=seed)
     thr, empty = clean_field_threshold([nm.score(f.imgs[i]) for i in va], prof.evidence_min_size,
-                                       prof.evidence_clean_empty)
+                                       prof.zero_label_clean_empty)
     model = ArtifactModel(prof, None, None, thresholds={"classifier": 0.5, "gate": 0.5, "unet": float(thr),
                                                         "min_size": int(prof.evidence_min_size)},
                           device=dev, normality=nm,
@@ -381,7 +436,7 @@ def train(images=None, labels=None, *, clean=None, artifact=None, masks=None, pr
           val_fraction: float = 0.2, seed: int = 0, device: str = "auto", work_dir=None, progress: bool = True,
           cam_mode: str | None = None, edge_refine: bool | None = None, use_masks_for_training: bool = True,
           plane: int | None = None, restart: bool = False, pixel_size: float | None = None,
-          **overrides) -> ArtifactModel:
+          classifier_from=None, **overrides) -> ArtifactModel:
     """Train an artifact model from image-level labels.
 
     Parameters
@@ -410,6 +465,10 @@ def train(images=None, labels=None, *, clean=None, artifact=None, masks=None, pr
         configuration only (else :class:`~artseg_core.training.checkpoint.CheckpointError` says what differs).
     restart : bool
         Discard the checkpoints in ``work_dir`` and train from scratch.
+    classifier_from : path, optional
+        A model file trained on the same images with the same classifier configuration: its classifier is used
+        as is (step 1 is skipped; thresholds are still chosen on this validation split), e.g. to compare
+        pseudo-mask routes without training the classifier again.
     pixel_size : float, optional
         Pixel size of the training images in um/pixel, recorded in the model (``pixel_size_um``); default: read
         from the images' metadata (ImageJ, OME or TIFF resolution) when they carry one.
@@ -434,13 +493,15 @@ def train(images=None, labels=None, *, clean=None, artifact=None, masks=None, pr
         return _train_zero_label(prof, samples, plane, val_fraction, seed, dev, pixel_size, progress, t0)
     with _work_folder(work_dir) as (work, keep):
         check_work_dir(work, samples, {"profile": prof.to_dict(), "seed": seed, "val_fraction": val_fraction,
-                                       "plane": plane, "use_masks_for_training": use_masks_for_training},
+                                       "plane": plane, "use_masks_for_training": use_masks_for_training,
+                                       "classifier_from": str(classifier_from) if classifier_from else None},
                        restart=restart)
         f = _read_fields(samples, plane, val_fraction, seed, progress)
         t1 = time.perf_counter()
         torch.manual_seed(seed)  # the networks' initial weights are part of what a seed reproduces
         cls, unet = ArtifactModel.build_networks(prof)
-        x_all, p_all, cfit, cls_thr, gate = _classifier_step(prof, cls, f, seed, dev, work, progress)
+        x_all, p_all, cfit, cls_thr, gate = _classifier_step(prof, cls, f, seed, dev, work, progress,
+                                                             classifier_from=classifier_from)
         t2 = time.perf_counter()
         pseudo, cam_info, saliency, cam_thr = _pseudo_mask_step(prof, cls, x_all, f, dev, work, keep, progress,
                                                                  seed=seed)

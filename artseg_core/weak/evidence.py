@@ -51,9 +51,11 @@ class PixelEvidence:
 
     def score(self, image: np.ndarray, smooth: float = SMOOTH_SIGMA) -> np.ndarray:
         """(H, W) float32 evidence in [0, 1] of one normalised field, Gaussian-smoothed by ``smooth`` px."""
-        x = _check_field(image)
-        f = pixel_features(x)
-        m = self.net.score_map(f, self.mean, self.std)
+        return self.score_features(pixel_features(_check_field(image)), smooth)
+
+    def score_features(self, features: np.ndarray, smooth: float = SMOOTH_SIGMA) -> np.ndarray:
+        """:meth:`score` of a field's :func:`~artseg_core.imgproc.features.pixel_features`."""
+        m = self.net.score_map(features, self.mean, self.std)
         return ndi.gaussian_filter(m, smooth).astype(np.float32) if smooth else m
 
     def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
@@ -111,7 +113,7 @@ def fit_pixel_evidence(images, labels, seed: int = 0, per_field: int = 3000, epo
             opt.zero_grad()
             loss.backward()
             opt.step()
-            loss_v = float(loss)
+            loss_v = float(loss.detach())
     net.eval()
     with torch.no_grad():
         acc = float(((net(xt) > 0).float() == yt).float().mean())
@@ -119,6 +121,96 @@ def fit_pixel_evidence(images, labels, seed: int = 0, per_field: int = 3000, epo
             "train_pixel_accuracy": round(acc, 4)}
     log.info("pixel evidence: %s", info)
     return PixelEvidence(net, mean.astype(np.float32), std.astype(np.float32)), info
+
+
+#: candidate objects: deviation z above this (the non-learned detector's rule), closed, at least CANDIDATE_MIN px
+CANDIDATE_Z = 4.0
+CANDIDATE_MIN = 64
+
+
+def candidate_objects(features: np.ndarray) -> tuple[np.ndarray, int]:
+    """(labels, n): every compact object that stands out from the smooth background (robust z > 4, closed twice,
+    at least 64 px) - cells as well as debris, fibres, bubbles, clumps; :class:`ObjectEvidence` tells them apart."""
+    from artseg_core.imgproc.features import deviation_z
+    from artseg_core.imgproc.postprocess import remove_small_objects
+
+    m = ndi.binary_closing(deviation_z(features) > CANDIDATE_Z, iterations=2)
+    lab, n = ndi.label(remove_small_objects(m, CANDIDATE_MIN))
+    return lab.astype(np.int32), int(n)
+
+
+def object_features(features: np.ndarray, evidence: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
+    """(n, N_FEATURES + 5) per candidate object: mean of each pixel feature, log area, mean and max pixel
+    evidence, log(1 + max deviation z), elongation (log ratio of the second-moment eigenvalues)."""
+    from artseg_core.imgproc.features import deviation_z
+
+    if n == 0:
+        return np.zeros((0, features.shape[0] + 5), np.float32)
+    idx = np.arange(1, n + 1)
+    means = np.stack([ndi.mean(features[k], labels, idx) for k in range(features.shape[0])], 1)
+    area = np.bincount(labels.ravel(), minlength=n + 1)[1:].astype(np.float64)
+    ev_mean, ev_max = ndi.mean(evidence, labels, idx), ndi.maximum(evidence, labels, idx)
+    z_max = ndi.maximum(deviation_z(features), labels, idx)
+    yy, xx = np.indices(labels.shape, dtype=np.float64)
+    my, mx = ndi.mean(yy, labels, idx), ndi.mean(xx, labels, idx)
+    vyy = ndi.mean(yy * yy, labels, idx) - my ** 2
+    vxx = ndi.mean(xx * xx, labels, idx) - mx ** 2
+    vxy = ndi.mean(yy * xx, labels, idx) - my * mx
+    half, d = (vyy + vxx) / 2, np.sqrt(((vyy - vxx) / 2) ** 2 + vxy ** 2)
+    elong = np.log((half + d + 1) / (np.maximum(half - d, 0) + 1))
+    return np.column_stack([means, np.log(area), ev_mean, ev_max, np.log1p(np.maximum(z_max, 0)),
+                            elong]).astype(np.float32)
+
+
+@dataclass
+class ObjectEvidence:
+    """Per candidate object: P(field is an artifact field | object features) - the pixel evidence's idea applied
+    to whole objects, so that a compact dark object is judged by its size, shape and contrast against the cells
+    of the clean fields (positive-unlabelled, as :class:`PixelEvidence`)."""
+
+    net: object
+    mean: np.ndarray
+    std: np.ndarray
+
+    def score(self, rows: np.ndarray) -> np.ndarray:
+        import torch
+
+        if len(rows) == 0:
+            return np.zeros(0, np.float32)
+        with torch.no_grad():
+            z = torch.from_numpy(((rows - self.mean) / self.std).astype(np.float32))
+            return torch.sigmoid(self.net(z)).numpy()
+
+
+def fit_object_evidence(rows_per_field, labels, seed: int = 0, epochs: int = 300, hidden: int = 32,
+                        lr: float = 3e-3) -> tuple[ObjectEvidence, dict]:
+    """Train :class:`ObjectEvidence` on the candidate objects of labelled fields (full batch, class-balanced)."""
+    import torch
+
+    from artseg_core.nets.pixelmlp import PixelMLP
+
+    x = np.concatenate(list(rows_per_field)) if len(rows_per_field) else np.zeros((0, N_FEATURES + 5), np.float32)
+    y = np.concatenate([np.full(len(r), float(c), np.float32) for r, c in zip(rows_per_field, labels)]) \
+        if len(rows_per_field) else np.zeros(0, np.float32)
+    info = {"objects": int(len(y)), "from_artifact_fields": int(y.sum())}
+    if len(y) == 0 or y.min() == y.max():
+        info["skipped"] = "candidate objects in only one kind of field"
+        return None, info
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    xt, yt = torch.from_numpy(((x - mean) / std).astype(np.float32)), torch.from_numpy(y)
+    w = torch.where(yt == 1, 0.5 / yt.mean(), 0.5 / (1 - yt.mean()))
+    torch.manual_seed(seed)
+    net = PixelMLP(x.shape[1], hidden)
+    opt = torch.optim.Adam(net.parameters(), lr, weight_decay=1e-4)
+    for _ in range(epochs):
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(net(xt), yt, weight=w)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.eval()
+    info["final_loss"] = round(float(loss.detach()), 4)
+    log.info("object evidence: %s", info)
+    return ObjectEvidence(net, mean.astype(np.float32), std.astype(np.float32)), info
 
 
 @dataclass
@@ -259,5 +351,6 @@ def object_peak(m: np.ndarray, min_size: int) -> float:
     return lo
 
 
-__all__ = ["PixelEvidence", "Normality", "fit_pixel_evidence", "fit_normality", "clean_field_threshold", "object_peak",
+__all__ = ["PixelEvidence", "ObjectEvidence", "candidate_objects", "object_features", "fit_object_evidence",
+           "Normality", "fit_pixel_evidence", "fit_normality", "clean_field_threshold", "object_peak",
            "SMOOTH_SIGMA"]

@@ -4,6 +4,8 @@
            (Ali et al., Sci Rep 2022). Accurate but slow on a CPU; meant for a GPU (``--device cuda``).
 ``fast``   ResNet18 at quarter width and a 16-filter, 4-level U-Net on 2x down-sampled input: the CPU profile.
 ``tiny``   the smallest thing that learns the phantoms; for tests and smoke runs.
+``evidence`` ``fast`` with pseudo-masks from the clean fields (:mod:`artseg_core.weak.evidence`): candidate
+           objects and pixels judged against what clean fields contain, instead of Score-CAM saliency.
 ``mil``    ``fast`` with the multiple-instance route of issue 14: the classifier pools the top 2 % of its logit map
            (not the global average), that map is the saliency (its own decision boundary as the threshold), and the
            U-Net ignores the uncertain band of the pseudo-masks. Same network sizes and budgets as ``fast``.
@@ -86,6 +88,8 @@ PROFILES: dict[str, Profile] = {
                     cls_epochs=40, cls_batch=16, cam_mode="fast", cam_top_k=16, unet_width=8, unet_levels=3,
                     unet_scale=2, unet_tile=128, unet_steps=400, unet_batch=8, unet_lr=3e-3, predict_tile=512),
 }
+PROFILES["evidence"] = PROFILES["fast"].with_overrides(name="evidence", cam_source="evidence", edge_refine=False,
+                                                       pseudo_ignore=0.8)
 PROFILES["mil"] = PROFILES["fast"].with_overrides(name="mil", cls_pool="topk", cls_pool_param=0.02, cam_source="logit",
                                                   edge_refine=False, pseudo_ignore=0.5)
 

@@ -179,3 +179,76 @@ def test_zero_label_refuses_artifact_images(tmp_path, zero_label_model):
     with pytest.raises(LabelFileError, match="clean images only"):
         load_labeled_set(plate / "images", plate / "labels.csv", clean_only=True)
     assert len(load_labeled_set(clean=plate / "images", clean_only=True)) == 16
+
+
+def test_candidate_objects_and_object_evidence_keep_fibres_and_drop_cells():
+    from artseg_core.weak.evidence import candidate_objects, fit_object_evidence, object_features
+
+    rng = np.random.default_rng(6)
+    rows, ys = [], []
+    for i in range(20):
+        x, _ = _field(rng, fibre=bool(i % 2))
+        f = pixel_features(x)
+        lab, n = candidate_objects(f)
+        assert lab.shape == x.shape and lab.max() == n
+        rows.append(object_features(f, np.zeros_like(x), lab, n))
+        ys.append(i % 2)
+    assert all(r.shape[1] == N_FEATURES + 5 for r in rows)
+    oev, info = fit_object_evidence(rows, ys, seed=0)
+    assert info["objects"] == sum(len(r) for r in rows) and 0 < info["from_artifact_fields"] < info["objects"]
+    fib, other = [], []
+    for seed in range(90, 100):  # over ten new fibre fields: the objects holding the fibre score higher
+        x, truth = _field(np.random.default_rng(seed), fibre=True)
+        f = pixel_features(x)
+        lab, n = candidate_objects(f)
+        sc = oev.score(object_features(f, np.zeros_like(x), lab, n))
+        assert sc.shape == (n,) and ((0 <= sc) & (sc <= 1)).all()
+        on = np.array([(truth & (lab == k + 1)).sum() > 0.5 * truth.sum() for k in range(n)], bool)
+        fib += list(sc[on])
+        other += list(sc[~on])
+    assert len(fib) >= 5 and other
+    assert np.mean(fib) > np.mean(other), (np.mean(fib), np.mean(other))
+    # no candidates in one kind of field: nothing to learn, said so
+    none, info2 = fit_object_evidence([rows[0]], [0])
+    assert none is None and "skipped" in info2
+
+
+def test_evidence_route_trains_reusing_a_classifier(trained_model_path, tmp_path):
+    """cam_source='evidence' end to end on the fixture's plate, with the fixture model's classifier reused."""
+    import torch
+
+    import artseg_core
+    from artseg_core.io.images import read_image
+
+    plate = trained_model_path.parent / "plate"
+    model = artseg_core.train(plate / "images", plate / "labels.csv", profile="tiny", seed=0, progress=False,
+                              work_dir=tmp_path / "w", classifier_from=trained_model_path, cam_source="evidence",
+                              pseudo_ignore=0.8, edge_refine=False, unet_steps=30)
+    s = model.summary
+    assert s["scorecam"]["source"] == "evidence"
+    assert s["scorecam"]["objects"]["objects"] > 0 and 0 < s["scorecam"]["threshold"] < 1
+    assert s["classifier"]["epochs_run"] == artseg_core.load_model(trained_model_path).summary["classifier"][
+        "epochs_run"]
+    ref = artseg_core.load_model(trained_model_path).classifier.state_dict()
+    for k, v in model.classifier.state_dict().items():
+        assert torch.equal(v.cpu(), ref[k].cpu()), k
+    # the pseudo-masks written to the work folder overlap the true artifacts more than chance
+    pm = sorted((tmp_path / "w" / "pseudo_masks").glob("*.tif"))
+    assert pm
+    inter = union = 0
+    for p in pm:
+        m = read_image(p, allow_constant=True) > 0
+        t = read_image(plate / "masks" / p.name, allow_constant=True) > 0
+        inter += (m & t).sum()
+        union += (m | t).sum()
+    assert inter / max(union, 1) > 0.1
+    with pytest.raises(ValueError, match="zero-label"):
+        zl = tmp_path / "zl.artseg"
+        from artseg_core.training.pipeline import _reuse_classifier
+        from artseg_core.predict.model import ArtifactModel
+        from artseg_core.weak.evidence import fit_normality
+
+        nm, _ = fit_normality([np.random.default_rng(0).random((64, 64)).astype(np.float32)] * 2, per_field=300,
+                              components=1, iters=3)
+        ArtifactModel(model.profile, None, None, normality=nm).save(zl)
+        _reuse_classifier(model.classifier, zl)

@@ -1,27 +1,27 @@
-"""Accuracy on a held-apart phantom plate: weak vs weak+edges vs strong supervision vs a non-learned baseline.
+"""Accuracy on a held-apart plate: weak routes vs strong supervision vs zero-label vs a non-learned baseline.
 
     python bench/accuracy.py [--quick] [--seed 0] [--train-fields 200] [--profile fast] [--out bench_out/accuracy]
                              [--backgrounds ../shared/data/real] [--test-fields 96] [--variants weak,strong,...]
 
-* weak       image-level labels only; Score-CAM pseudo-masks without edge refinement
-* weak_edge  the same with the edge-map refinement (Sobel magnitude, dilated, normalised)
+* weak       the default route (profile ``fast``): pseudo-masks from the clean fields - candidate objects and
+             pixel evidence judged against the clean fields (weak/evidence.py), thresholds chosen on held-out
+             clean fields, an ignored band below the threshold (alias: weak_evidence)
+* weak_paper the paper's route on the same networks (profile ``scorecam``): Score-CAM x edge map (alias weak_edge);
+             weak_cam: Score-CAM without the edge map
 * strong     the U-Net trained on the true masks of every training image (the upper bound)
-* weak_mil   the MIL route (issue 14): classifier head pooling the top 2 % of its logit map, that logit map
-             as saliency (its own 0.5 boundary), pseudo-masks with an ignored band (saliency in [0.25, 0.5));
-             it trains its own classifier
-* weak_paper today's Score-CAM route of the ``fast`` profile (Score-CAM with the edge map)
-* masks_K    weak_evidence plus hand masks of K artifact training fields (own loss term, oversampled)
-* weak_evidence  pseudo-masks from pixel evidence (clean vs artifact fields, weak/evidence.py), thresholded so
-             that held-out clean fields stay empty, with an ignored band below the threshold
+* weak_mil   the MIL route: classifier head pooling the top 2 % of its logit map, that logit map as saliency
+             (its own 0.5 boundary), pseudo-masks with an ignored band; it trains its own classifier
+* masks_K    weak plus hand masks of K artifact training fields (own loss term, oversampled)
 * zero_label the clean training fields only: a normality model of them (``artseg train --clean DIR``)
 * baseline   no learning: pixels that deviate strongly from a smoothed background (robust z-score), cleaned
-All three learned variants share one classifier (same seed, trained once), so they differ only in their U-Net
-targets. Pixel IoU is the mean over the test plate's artifact images; image F1 is the classifier's on the test
-plate; ``local_iou_by_kind`` scores each true object in a window around it, per artifact kind (which kinds
-weak supervision reaches). Prints one final JSON line. ``--train-fields`` asks how the numbers move with the size
-of the labelled plate (the classifier is short of data at 200 fields). ``clean_empty`` is the fraction of clean
-test fields with no predicted pixel. ``--backgrounds DIR`` builds both plates from real transmitted-light images
-(``bench/real_plate.py``: crops of regions without real artifacts, with composited artifacts) instead of phantoms.
+The learned variants with the average-pooling head share one classifier (same seed, trained once, or taken from
+``--classifier-from``), so they differ only in their U-Net targets. Pixel IoU is the mean over the test plate's
+artifact images; image F1 is the classifier's on the test plate; ``local_iou_by_kind`` scores each true object in a
+window around it, per artifact kind (which kinds weak supervision reaches). Prints one final JSON line. ``--train-
+fields`` asks how the numbers move with the size of the labelled plate (the classifier is short of data at 200
+fields). ``clean_empty`` is the fraction of clean test fields with no predicted pixel. ``--backgrounds DIR`` builds
+both plates from real transmitted-light images (``bench/real_plate.py``: crops of regions without real artifacts,
+with composited artifacts) instead of phantoms.
 """
 from __future__ import annotations
 
@@ -140,7 +140,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--test-fields", type=int, default=None, help="test fields (default 96; 24 with --quick)")
     ap.add_argument("--backgrounds", type=Path, default=None,
                     help="folder of real images (../shared/data/real): plates on real backgrounds")
-    ap.add_argument("--variants", default="weak,weak_edge,strong",
+    ap.add_argument("--variants", default="weak,weak_paper,strong",
                     help="comma list of weak, weak_edge, weak_mil, weak_evidence, strong, zero_label, masks_K "
                          "(K = 1, 4, 8, ...)")
     ap.add_argument("--cls-epochs", type=int, default=None, help="override the profile's classifier epochs")
@@ -179,8 +179,9 @@ def main(argv=None) -> dict:
         make_plate(tep, **te_shape, prevalence=0.5, seed=a.seed + 1000, shape=(size, size), plate="test")
     imgs, truth, labels, types = test_set(tep)
     results, seconds = {}, {}
-    catalogue = {"weak": dict(edge_refine=False), "weak_edge": dict(edge_refine=True), "weak_mil": dict(MIL),
-                 "weak_evidence": dict(EVIDENCE), "weak_paper": dict(edge_refine=True, cam_source="scorecam"),
+    paper_route = dict(cam_source="scorecam", edge_refine=True, pseudo_ignore=0.0)
+    catalogue = {"weak": dict(EVIDENCE), "weak_evidence": dict(EVIDENCE), "weak_paper": paper_route,
+                 "weak_edge": paper_route, "weak_cam": dict(paper_route, edge_refine=False), "weak_mil": dict(MIL),
                  "strong": dict(masks=trp / "masks", use_masks_for_training=True)}
     names = [v.strip() for v in a.variants.split(",") if v.strip()]
     for v in names:
@@ -219,7 +220,7 @@ def main(argv=None) -> dict:
                            "clean_empty": clean_empty(base_preds, labels), **_kind_iou(base)}
     r4 = {v: {k: (round(x, 4) if isinstance(x, float) else x) for k, x in r.items() if k != "local_iou_by_kind"}
           for v, r in results.items()}
-    weak_best = max((results[v]["iou"] for v in ("weak", "weak_edge", "weak_mil") if v in results), default=None)
+    weak_best = results["weak"]["iou"] if "weak" in results else None
     line = {
         "bench": "accuracy", "profile": profile, "image_size": size,
         "plate": f"real backgrounds ({a.backgrounds})" if a.backgrounds is not None else "phantom",

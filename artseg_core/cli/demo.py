@@ -144,8 +144,12 @@ def training_table(summary: dict, seconds: dict) -> str:
                             f"{summary.get('n_val', '?')} to validate; pixel masks used: {summary.get('n_masks', 0)}"],
         ["classifier", f"{cls.get('epochs_run', '?')} epochs (best {cls.get('best_epoch', '?')}); validation "
                        + ", ".join(f"{k} {v:.3f}" for k, v in vm.items() if isinstance(v, float))],
-        ["Score-CAM pseudo-masks", f"mode {cam.get('mode', '?')}, threshold {cam.get('threshold', float('nan')):.3f} "
-                                   f"({cam.get('threshold_source', '')})"],
+        (["pseudo-masks from the clean fields",
+          f"evidence map threshold {cam.get('threshold', float('nan')):.3f} ({cam.get('threshold_source', '')}); "
+          f"candidate objects kept above {cam.get('object_threshold', float('nan')):.3f} "
+          f"({cam.get('object_threshold_source', '')})"] if cam.get("source") == "evidence" else
+         ["Score-CAM pseudo-masks", f"mode {cam.get('mode', '?')}, threshold {cam.get('threshold', float('nan')):.3f} "
+                                    f"({cam.get('threshold_source', '')})"]),
         ["U-Net", f"{(summary.get('unet') or {}).get('steps_run', '?')} steps"],
         ["calibrated thresholds",
          f"flag an image at P(artifact) \u2265 {cal.get('classifier_threshold', float('nan')):.3f}; pixel "

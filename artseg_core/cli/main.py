@@ -51,10 +51,11 @@ def main():
                    "sets (<stem>_rois.zip or .roi).")
 @click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Model file to write (e.g. model.artseg).")
-@click.option("--profile", type=click.Choice(["fast", "evidence", "paper", "tiny", "mil"]), default="fast",
+@click.option("--profile", type=click.Choice(["fast", "scorecam", "paper", "tiny", "mil"]), default="fast",
               show_default=True,
-              help="evidence: pseudo-masks from what the clean fields do not contain (objects and pixels) instead "
-                   "of Score-CAM; mil: the multiple-instance route (top-k pooled logit map as saliency, ignore band).")
+              help="fast: CPU networks, pseudo-masks from what the clean fields do not contain; scorecam: the same "
+                   "networks with the paper's Score-CAM pseudo-masks; paper: the paper's networks (GPU); mil: the "
+                   "multiple-instance route (top-k pooled logit map as saliency, ignore band).")
 @click.option("--cam", "cam_mode", type=click.Choice(["exact", "paper", "fast"]), default=None,
               help="Score-CAM mode (default: the profile's).")
 @click.option("--edge/--no-edge", "edge_refine", default=None, help="Edge-map refinement of the saliency.")

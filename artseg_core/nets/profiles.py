@@ -3,9 +3,10 @@
 ``paper``  ResNet50 classifier and the paper's U-Net (64 filters, 5 levels x 3 convs) at full resolution
            (Ali et al., Sci Rep 2022). Accurate but slow on a CPU; meant for a GPU (``--device cuda``).
 ``fast``   ResNet18 at quarter width and a 16-filter, 4-level U-Net on 2x down-sampled input: the CPU profile.
+           Its pseudo-masks come from the clean fields (:mod:`artseg_core.weak.evidence`): candidate objects and
+           pixels judged against what clean fields contain, with an ignored band below the threshold.
+``scorecam`` ``fast``'s networks with the paper's pseudo-masks: Score-CAM saliency times an edge map.
 ``tiny``   the smallest thing that learns the phantoms; for tests and smoke runs.
-``evidence`` ``fast`` with pseudo-masks from the clean fields (:mod:`artseg_core.weak.evidence`): candidate
-           objects and pixels judged against what clean fields contain, instead of Score-CAM saliency.
 ``mil``    ``fast`` with the multiple-instance route of issue 14: the classifier pools the top 2 % of its logit map
            (not the global average), that map is the saliency (its own decision boundary as the threshold), and the
            U-Net ignores the uncertain band of the pseudo-masks. Same network sizes and budgets as ``fast``.
@@ -88,8 +89,10 @@ PROFILES: dict[str, Profile] = {
                     cls_epochs=40, cls_batch=16, cam_mode="fast", cam_top_k=16, unet_width=8, unet_levels=3,
                     unet_scale=2, unet_tile=128, unet_steps=400, unet_batch=8, unet_lr=3e-3, predict_tile=512),
 }
-PROFILES["evidence"] = PROFILES["fast"].with_overrides(name="evidence", cam_source="evidence", edge_refine=False,
-                                                       pseudo_ignore=0.8)
+# today's default: ``fast``'s networks with pseudo-masks from the clean fields; ``scorecam`` keeps the paper's
+# Score-CAM pseudo-masks on the same networks (the default up to ArtSeg 0.2)
+PROFILES["scorecam"] = PROFILES["fast"].with_overrides(name="scorecam")
+PROFILES["fast"] = PROFILES["fast"].with_overrides(cam_source="evidence", edge_refine=False, pseudo_ignore=0.8)
 PROFILES["mil"] = PROFILES["fast"].with_overrides(name="mil", cls_pool="topk", cls_pool_param=0.02, cam_source="logit",
                                                   edge_refine=False, pseudo_ignore=0.5)
 
@@ -109,7 +112,7 @@ def unet_training_steps(profile: Profile, n_train: int) -> int:
 
 
 def get_profile(name_or_profile, **overrides) -> Profile:
-    """Return the named profile (``paper``, ``fast``, ``tiny``) with optional setting overrides."""
+    """Return the named profile (``paper``, ``fast``, ``scorecam``, ``tiny``, ``mil``) with optional overrides."""
     if isinstance(name_or_profile, Profile):
         p = name_or_profile
     else:

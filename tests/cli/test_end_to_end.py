@@ -313,3 +313,15 @@ def test_demo_page_tables_and_clean_field_scores(tmp_path):
     dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path}/q",
                           "--dump-dom", page.resolve().as_uri()], capture_output=True, text=True, timeout=180).stdout
     assert len(re.findall(r"<table", dom)) >= 5
+
+
+def test_demo_training_table_names_the_pseudo_mask_route():
+    from artseg_core.cli.demo import training_table
+
+    base = {"profile": "fast", "classifier": {"epochs_run": 3, "best_epoch": 2, "val_metrics": {"f1": 0.9}},
+            "unet": {"steps_run": 10}, "calibration": {}}
+    ev = training_table({**base, "scorecam": {"source": "evidence", "threshold": 0.861, "threshold_source": "clean",
+                                               "object_threshold": 0.93, "object_threshold_source": "objects"}}, {})
+    assert "pseudo-masks from the clean fields" in ev and "0.861" in ev and "0.930" in ev and "Score-CAM" not in ev
+    cam = training_table({**base, "scorecam": {"mode": "fast", "threshold": 0.2, "threshold_source": "default"}}, {})
+    assert "Score-CAM pseudo-masks" in cam and "mode fast" in cam

@@ -34,6 +34,12 @@ log = logging.getLogger(__name__)
 SMOOTH_SIGMA = 1.5
 
 
+def _describe(info: dict) -> str:
+    """``key=value, ...`` for the log (a dict passed as the only logging argument is taken as a mapping of
+    format keys by :mod:`logging`, which some handlers then fail to format)."""
+    return ", ".join(f"{k}={v}" for k, v in info.items())
+
+
 def _check_field(image) -> np.ndarray:
     x = np.asarray(image, dtype=np.float32)
     if x.ndim != 2:
@@ -119,7 +125,7 @@ def fit_pixel_evidence(images, labels, seed: int = 0, per_field: int = 3000, epo
         acc = float(((net(xt) > 0).float() == yt).float().mean())
     info = {"pixels": int(len(y)), "per_field": per_field, "epochs": epochs, "final_loss": round(loss_v, 4),
             "train_pixel_accuracy": round(acc, 4)}
-    log.info("pixel evidence: %s", info)
+    log.info("pixel evidence: %s", _describe(info))
     return PixelEvidence(net, mean.astype(np.float32), std.astype(np.float32)), info
 
 
@@ -209,7 +215,7 @@ def fit_object_evidence(rows_per_field, labels, seed: int = 0, epochs: int = 300
         opt.step()
     net.eval()
     info["final_loss"] = round(float(loss.detach()), 4)
-    log.info("object evidence: %s", info)
+    log.info("object evidence: %s", _describe(info))
     return ObjectEvidence(net, mean.astype(np.float32), std.astype(np.float32)), info
 
 
@@ -309,7 +315,7 @@ def fit_normality(clean_images, seed: int = 0, per_field: int = 3000, components
     nll = model.nll(x)
     model.nll_lo, model.nll_hi = float(np.median(nll)), float(np.quantile(nll, 0.999))
     info = {"pixels": int(n), "components": int(k_n), "em_iterations": it + 1, "mean_loglik": round(cur, 3)}
-    log.info("normality model: %s", info)
+    log.info("normality model: %s", _describe(info))
     return model, info
 
 

@@ -253,8 +253,9 @@ class Normality:
     def from_arrays(cls, prefix: str, arrays: dict) -> "Normality":
         a = {k: np.asarray(arrays[f"{prefix}.{k}"]) for k in ("mean", "std", "weights", "means", "prec_chol",
                                                               "nll_lo", "nll_hi")}
-        return cls(a["mean"], a["std"], a["weights"], a["means"], a["prec_chol"], float(a["nll_lo"]),
-                   float(a["nll_hi"]))
+        # scalars come back as 1-element arrays (the model file stores every array at least 1-D)
+        return cls(a["mean"], a["std"], a["weights"], a["means"], a["prec_chol"], float(a["nll_lo"].reshape(-1)[0]),
+                   float(a["nll_hi"].reshape(-1)[0]))
 
 
 def _gmm_loglik(z, weights, means, prec_chol) -> np.ndarray:

@@ -279,10 +279,7 @@ class ArtifactModel:
         quality.update(quality_flags(quality, self.quality_thresholds))
         run_unet = (not gate) or flagged
         thr = self.thresholds["unet"] if threshold is None else float(threshold)
-        if min_size_um is not None:
-            ms = min_size_pixels(min_size_um2=min_size_um, pixel_size=pixel_size)
-        else:
-            ms = int(self.thresholds["min_size"] if min_size is None else min_size)
+        ms = self._min_size_px(min_size, min_size_um, pixel_size)
         if run_unet:
             prob = self._segment(image, transform=lambda tile: apply_normalization(tile, lo, scale))
             mask = clean_mask(prob, threshold=thr, min_size=ms, fill_holes=fill_holes)
@@ -295,6 +292,13 @@ class ArtifactModel:
         cleaned = fill_artifacts(image, mask, method=fill, seed=seed) if fill else None
         return Result(p_artifact=p, flagged=bool(flagged), segmented=bool(run_unet), prob=prob, mask=mask,
                       labels=labels, objects=objects, quality=quality, cleaned=cleaned)
+
+    def _min_size_px(self, min_size: int | None, min_size_um: float | None, pixel_size: float | None) -> int:
+        """Minimum object area in pixels: from um^2 when ``min_size_um`` is given, else ``min_size`` or the
+        calibrated value."""
+        if min_size_um is not None:
+            return min_size_pixels(min_size_um2=min_size_um, pixel_size=pixel_size)
+        return int(self.thresholds["min_size"] if min_size is None else min_size)
 
     def _anomaly_p(self, score: np.ndarray, threshold: float | None = None, min_size: int | None = None) -> float:
         """Zero-label image score in [0, 1]: 0.5 x (peak anomaly of an object of min_size px) / threshold, so that
@@ -310,10 +314,7 @@ class ArtifactModel:
         from artseg_core.imgproc.inpaint import fill_artifacts
 
         thr = self.thresholds["unet"] if threshold is None else float(threshold)
-        if min_size_um is not None:
-            ms = min_size_pixels(min_size_um2=min_size_um, pixel_size=pixel_size)
-        else:
-            ms = int(self.thresholds["min_size"] if min_size is None else min_size)
+        ms = self._min_size_px(min_size, min_size_um, pixel_size)
         prob = self.normality.score(norm)
         mask = clean_mask(prob, threshold=thr, min_size=ms, fill_holes=fill_holes)
         quality = quality_scores(image)
@@ -356,10 +357,7 @@ class ArtifactModel:
         pixel_size, min_size_um = kw.pop("pixel_size"), kw.pop("min_size_um")
         r = self.predict(zoomed, gate=gate, threshold=kw["threshold"], min_size=0, fill=None, fill_holes=False)
         thr = self.thresholds["unet"] if kw["threshold"] is None else float(kw["threshold"])
-        if min_size_um is not None:
-            ms = min_size_pixels(min_size_um2=min_size_um, pixel_size=pixel_size)
-        else:
-            ms = int(self.thresholds["min_size"] if kw["min_size"] is None else kw["min_size"])
+        ms = self._min_size_px(kw["min_size"], min_size_um, pixel_size)
         quality = quality_scores(image)
         quality.update(quality_flags(quality, self.quality_thresholds))
         if r.prob is not None:

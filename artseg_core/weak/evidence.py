@@ -258,16 +258,26 @@ class Normality:
                    float(a["nll_hi"].reshape(-1)[0]))
 
 
-def _gmm_loglik(z, weights, means, prec_chol) -> np.ndarray:
-    """log p(z) under a full-covariance Gaussian mixture (precision Cholesky parametrisation)."""
+def _component_logpdf(z, weights, means, prec_chol) -> np.ndarray:
+    """(n, K) log(weight_k) + log N(z | component k) of a full-covariance Gaussian mixture (precision Cholesky
+    parametrisation)."""
     n, d = z.shape
     comp = np.empty((n, len(weights)))
     for k in range(len(weights)):
         y = (z - means[k]) @ prec_chol[k]
         logdet = np.sum(np.log(np.diag(prec_chol[k])))
         comp[:, k] = np.log(weights[k] + 1e-300) + logdet - 0.5 * (d * np.log(2 * np.pi) + np.sum(y * y, 1))
+    return comp
+
+
+def _logsumexp(comp: np.ndarray) -> np.ndarray:
     mx = comp.max(1, keepdims=True)
     return (mx + np.log(np.exp(comp - mx).sum(1, keepdims=True)))[:, 0]
+
+
+def _gmm_loglik(z, weights, means, prec_chol) -> np.ndarray:
+    """log p(z) under the mixture."""
+    return _logsumexp(_component_logpdf(z, weights, means, prec_chol))
 
 
 def fit_normality(clean_images, seed: int = 0, per_field: int = 3000, components: int = 8, iters: int = 60,
@@ -300,13 +310,8 @@ def fit_normality(clean_images, seed: int = 0, per_field: int = 3000, components
             cov = (resp[:, k, None] * diff).T @ diff / nk[k] + reg * np.eye(d)
             c = np.linalg.cholesky(cov)
             prec_chol[k] = np.linalg.solve(c, np.eye(d)).T
-        comp = np.empty((n, k_n))
-        for k in range(k_n):
-            y = (z - means[k]) @ prec_chol[k]
-            comp[:, k] = (np.log(weights[k] + 1e-300) + np.sum(np.log(np.diag(prec_chol[k])))
-                          - 0.5 * (d * np.log(2 * np.pi) + np.sum(y * y, 1)))
-        mx = comp.max(1, keepdims=True)
-        ll = mx[:, 0] + np.log(np.exp(comp - mx).sum(1))
+        comp = _component_logpdf(z, weights, means, prec_chol)
+        ll = _logsumexp(comp)
         resp = np.exp(comp - ll[:, None])
         cur = float(ll.mean())
         if cur - prev < 1e-4:

@@ -146,7 +146,8 @@ def training_table(summary: dict, seconds: dict) -> str:
                        + ", ".join(f"{k} {v:.3f}" for k, v in vm.items() if isinstance(v, float))],
         (["pseudo-masks from the clean fields",
           f"evidence map threshold {cam.get('threshold', float('nan')):.3f} ({cam.get('threshold_source', '')}); "
-          f"candidate objects kept above {cam.get('object_threshold', float('nan')):.3f} "
+          f"candidate objects kept above {_cell(cam.get('object_threshold'))} "
+          f"{'(logit) ' if cam.get('object_threshold_scale') == 'logit' else ''}"
           f"({cam.get('object_threshold_source', '')})"] if cam.get("source") == "evidence" else
          ["Score-CAM pseudo-masks", f"mode {cam.get('mode', '?')}, threshold {cam.get('threshold', float('nan')):.3f} "
                                     f"({cam.get('threshold_source', '')})"]),

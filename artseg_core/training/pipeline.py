@@ -278,9 +278,11 @@ def _evidence_step(prof, f: _Fields, seed, work, keep, progress):
         rows[i] = object_features(feats, maps[i], *cands[i])
         del feats
     oev, obj_info = fit_object_evidence([rows[i] for i in tr], f.y[tr], seed=seed)
-    obj_scores = {i: (oev.score(rows[i]) if oev is not None else np.zeros(len(rows[i]), np.float32)) for i in need}
-    peaks = np.array([obj_scores[i].max() if len(obj_scores[i]) else 0.0 for i in ref])
-    obj_thr = float(np.quantile(peaks, prof.evidence_clean_empty, method="higher")) + 1e-6 if len(peaks) else 1.0
+    # object logits (not probabilities: those saturate at 1.0 and would tie clean and artifact fields)
+    obj_scores = {i: (oev.logit(rows[i]) if oev is not None else np.full(len(rows[i]), -np.inf, np.float32))
+                  for i in need}
+    peaks = np.array([obj_scores[i].max() if len(obj_scores[i]) else -np.inf for i in ref])
+    obj_thr = float(np.quantile(peaks, prof.evidence_clean_empty, method="higher")) + 1e-4 if len(peaks) else np.inf
     masked_val = [i for i in art_idx if i in f.true_masks and i in val]
     ms = prof.evidence_min_size
     if masked_val:
@@ -302,12 +304,13 @@ def _evidence_step(prof, f: _Fields, seed, work, keep, progress):
     # the U-Net target: pseudo-mask = 1; the band of evidence in [ignore x threshold, threshold) outside it ignored
     targets = {i: np.where(pseudo[i], 1.0, np.minimum(maps[i], thr * 0.999)).astype(np.float32) for i in art_idx}
     info = {"source": "evidence", "evidence": fit_info, "objects": obj_info, "threshold": float(thr),
-            "threshold_source": source, "object_threshold": round(obj_thr, 4),
+            "threshold_source": source,
+            "object_threshold": round(obj_thr, 4) if np.isfinite(obj_thr) else None, "object_threshold_scale": "logit",
             "object_threshold_source": f"{prof.evidence_clean_empty:.0%} of {len(ref)} clean fields without a kept "
                                        f"candidate object",
             "ignore_band": prof.pseudo_ignore,
             "mean_pseudo_mask_fraction": float(np.mean([m.mean() for m in pseudo.values()]))}
-    log.info("evidence pseudo-masks: map threshold %.3f (%s), object threshold %.3f, mean fraction %.4f", thr,
+    log.info("evidence pseudo-masks: map threshold %.3f (%s), object threshold (logit) %.3f, mean fraction %.4f", thr,
              source, obj_thr, info["mean_pseudo_mask_fraction"])
     return pseudo, info, targets, float(thr)
 

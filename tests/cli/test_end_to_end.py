@@ -321,7 +321,9 @@ def test_demo_training_table_names_the_pseudo_mask_route():
     base = {"profile": "fast", "classifier": {"epochs_run": 3, "best_epoch": 2, "val_metrics": {"f1": 0.9}},
             "unet": {"steps_run": 10}, "calibration": {}}
     ev = training_table({**base, "scorecam": {"source": "evidence", "threshold": 0.861, "threshold_source": "clean",
-                                               "object_threshold": 0.93, "object_threshold_source": "objects"}}, {})
-    assert "pseudo-masks from the clean fields" in ev and "0.861" in ev and "0.930" in ev and "Score-CAM" not in ev
+                                               "object_threshold": 0.93, "object_threshold_scale": "logit",
+                                               "object_threshold_source": "objects"}}, {})
+    assert "pseudo-masks from the clean fields" in ev and "0.861" in ev and "0.930 (logit)" in ev
+    assert "Score-CAM" not in ev
     cam = training_table({**base, "scorecam": {"mode": "fast", "threshold": 0.2, "threshold_source": "default"}}, {})
     assert "Score-CAM pseudo-masks" in cam and "mode fast" in cam

@@ -194,9 +194,12 @@ def test_candidate_objects_and_object_evidence_keep_fibres_and_drop_cells():
         rows.append(object_features(f, np.zeros_like(x), lab, n))
         ys.append(i % 2)
     assert all(r.shape[1] == N_FEATURES + 5 for r in rows)
-    oev, info = fit_object_evidence(rows, ys, seed=0)
-    assert info["objects"] == sum(len(r) for r in rows) and 0 < info["from_artifact_fields"] < info["objects"]
-    fib, other = [], []
+    oev, info = fit_object_evidence(rows[:16], ys[:16], seed=0, val_rows=rows[16:], val_labels=ys[16:])
+    assert info["objects"] == sum(len(r) for r in rows[:16]) and 0 < info["from_artifact_fields"] < info["objects"]
+    # multiple-instance fit with held-out early stopping: the kept epoch is reported and is a checked one
+    assert info["pooling"].startswith("max") and info["held_out_fields"] == sum(len(r) > 0 for r in rows[16:])
+    assert 5 <= info["best_epoch"] <= 300 and info["best_epoch"] % 5 == 0
+    fib, other, top_is_fibre = [], [], []
     for seed in range(90, 100):  # over ten new fibre fields: the objects holding the fibre score higher
         x, truth = _field(np.random.default_rng(seed), fibre=True)
         f = pixel_features(x)
@@ -206,8 +209,12 @@ def test_candidate_objects_and_object_evidence_keep_fibres_and_drop_cells():
         on = np.array([(truth & (lab == k + 1)).sum() > 0.5 * truth.sum() for k in range(n)], bool)
         fib += list(sc[on])
         other += list(sc[~on])
+        if n:
+            top_is_fibre.append(bool(on[int(np.argmax(oev.logit(object_features(f, np.zeros_like(x), lab, n))))]))
     assert len(fib) >= 5 and other
     assert np.mean(fib) > np.mean(other), (np.mean(fib), np.mean(other))
+    # a field's top object - what the field is judged by - is its fibre, not one of its cells, in most fields
+    assert np.mean(top_is_fibre) >= 0.7, top_is_fibre
     # no candidates in one kind of field: nothing to learn, said so
     none, info2 = fit_object_evidence([rows[0]], [0])
     assert none is None and "skipped" in info2

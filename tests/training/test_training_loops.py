@@ -118,9 +118,9 @@ def test_unet_steps_grow_with_the_training_set():
     from artseg_core.nets.profiles import get_profile, unet_training_steps
 
     fast = get_profile("fast")
-    assert unet_training_steps(fast, 160) == fast.unet_steps == 600  # the demo's 200 fields: the fixed budget
-    assert unet_training_steps(fast, 640) == 2400                      # 30 crops per image, 8 per step
-    assert unet_training_steps(fast, 641) == 2404                      # rounded up
+    assert unet_training_steps(fast, 40) == fast.unet_steps == 600   # small sets: the fixed budget
+    assert unet_training_steps(fast, 160) == 1800                     # the demo's 200 fields: 90 crops per image,
+    assert unet_training_steps(fast, 161) == 1812                     # 8 per step, rounded up
     assert unet_training_steps(get_profile("tiny"), 10_000) == get_profile("tiny").unet_steps
     with pytest.raises(ValueError, match="n_train"):
         unet_training_steps(fast, -1)

@@ -103,7 +103,10 @@ def unet_training_steps(profile: Profile, n_train: int) -> int:
     ``unet_steps``, or more when the training set is large enough that each image would otherwise give fewer than
     ``unet_crops_per_image`` crops (``unet_batch`` crops per step). A fixed budget under-trains the U-Net on large
     plates: on 800 phantom fields (640 for training) 600 steps gave a strongly supervised ``fast`` U-Net a test
-    IoU of 0.28 and 2400 steps 0.58 (``bench/accuracy.py --train-fields 800``).
+    IoU of 0.28 and 2400 steps 0.58 (``bench/accuracy.py --train-fields 800``). The weakly supervised U-Net is as
+    short of steps: on 200 fields (160 for training) the default route's test IoU was 0.20 (phantom) and 0.19
+    (real backgrounds) with 600 steps, 0.32 and 0.23 with 1800 (``--unet-steps 1800``); ``fast`` therefore asks
+    for 90 crops per image.
     """
     if n_train < 0:
         raise ValueError(f"n_train must be >= 0, got {n_train}")

@@ -1,4 +1,4 @@
-"""Real images, model trained on phantoms: predict every image of a folder and draw a contact sheet of overlays.
+"""Real images: predict every image of a folder with a trained model and draw a contact sheet of overlays.
 
     python bench/real_contact_sheet.py --model demo_out/model.artseg \
         [--images ../shared/data/real/ebony_watson] [--out bench_out/real_ebony]
@@ -67,7 +67,7 @@ def main(argv=None) -> dict:
         flagged += r["flagged"] == "True"
         ax.imshow(plt.imread(a.out / f"{f.stem}_overlay.png"))
         ax.set_title(f"{f.stem[:16]}\np={float(r['p_artifact']):.2f} area={100 * frac:.1f}%", fontsize=7)
-    fig.suptitle(f"ArtSeg on {a.images.name} ({n} images), model {a.model.name} trained on phantoms", fontsize=9)
+    fig.suptitle(f"ArtSeg on {a.images.name} ({n} images), model {a.model.name}", fontsize=9)
     fig.tight_layout()
     sheet = a.out / "contact_sheet.png"
     fig.savefig(sheet, dpi=80)

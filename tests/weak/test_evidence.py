@@ -204,13 +204,14 @@ def test_candidate_objects_and_object_evidence_keep_fibres_and_drop_cells():
         x, truth = _field(np.random.default_rng(seed), fibre=True)
         f = pixel_features(x)
         lab, n = candidate_objects(f)
-        sc = oev.score(object_features(f, np.zeros_like(x), lab, n))
+        obj_rows = object_features(f, np.zeros_like(x), lab, n)
+        sc = oev.score(obj_rows)
         assert sc.shape == (n,) and ((0 <= sc) & (sc <= 1)).all()
         on = np.array([(truth & (lab == k + 1)).sum() > 0.5 * truth.sum() for k in range(n)], bool)
         fib += list(sc[on])
         other += list(sc[~on])
         if n:
-            top_is_fibre.append(bool(on[int(np.argmax(oev.logit(object_features(f, np.zeros_like(x), lab, n))))]))
+            top_is_fibre.append(bool(on[int(np.argmax(oev.logit(obj_rows)))]))
     assert len(fib) >= 5 and other
     assert np.mean(fib) > np.mean(other), (np.mean(fib), np.mean(other))
     # a field's top object - what the field is judged by - is its fibre, not one of its cells, in most fields

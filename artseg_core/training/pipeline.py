@@ -265,7 +265,7 @@ def _evidence_step(prof, f: _Fields, seed, work, keep, progress):
     art_idx = [int(i) for i in np.flatnonzero(f.y == 1)]
     clean_val = [i for i in sorted(val) if f.y[i] == 0]
     ref = clean_val or [i for i in tr if f.y[i] == 0]
-    need = sorted(set(tr) | set(art_idx) | set(ref) | val)
+    need = sorted(set(tr) | set(art_idx) | set(ref))  # every validation field: an artifact field or in ref
     it = need
     if progress:
         from tqdm.auto import tqdm
@@ -277,7 +277,7 @@ def _evidence_step(prof, f: _Fields, seed, work, keep, progress):
         cands[i] = candidate_objects(feats)
         rows[i] = object_features(feats, maps[i], *cands[i])
         del feats
-    va = sorted(val)  # held-out fields stop the object model's fit (every validation field's rows are in need)
+    va = sorted(val)  # held-out fields stop the object model's fit
     oev, obj_info = fit_object_evidence([rows[i] for i in tr], f.y[tr], seed=seed,
                                         val_rows=[rows[i] for i in va] or None, val_labels=f.y[va] if va else None)
     # object logits (not probabilities: those saturate at 1.0 and would tie clean and artifact fields)

@@ -8,6 +8,10 @@
              clean fields, an ignored band below the threshold (alias: weak_evidence)
 * weak_paper the paper's route on the same networks (profile ``scorecam``): Score-CAM x edge map (alias weak_edge);
              weak_cam: Score-CAM without the edge map
+* weak_paste weak, plus synthetic artifacts (strokes, blobs, local blur, shading; training/paste.py, not the
+             phantom generator) drawn into half of the clean fields' U-Net crops with exact masks
+* weak_paste_all  weak_paste, and the classifier also sees 30 % of the clean images it draws with synthetic
+             artifacts, labelled artifact (its own classifier)
 * strong     the U-Net trained on the true masks of every training image (the upper bound)
 * weak_mil   the MIL route: classifier head pooling the top 2 % of its logit map, that logit map as saliency
              (its own 0.5 boundary), pseudo-masks with an ignored band; it trains its own classifier
@@ -75,6 +79,10 @@ def test_set(plate: Path):
 
 
 EVIDENCE = dict(cam_source="evidence", edge_refine=False, pseudo_ignore=0.8)
+#: share of clean-field U-Net crops given synthetic artifacts in the weak_paste variant (training/paste.py)
+PASTE = 0.5
+#: share of clean classifier training images given synthetic artifacts (and the artifact label) in weak_paste_all
+CLS_PASTE = 0.3
 MIL = dict(cls_pool="topk", cls_pool_param=0.02, cam_source="logit", edge_refine=False, pseudo_ignore=0.5)
 
 
@@ -141,7 +149,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--backgrounds", type=Path, default=None,
                     help="folder of real images (../shared/data/real): plates on real backgrounds")
     ap.add_argument("--variants", default="weak,weak_paper,strong",
-                    help="comma list of weak, weak_edge, weak_mil, weak_evidence, strong, zero_label, masks_K "
+                    help="comma list of weak, weak_edge, weak_mil, weak_evidence, weak_paste, weak_paste_all, strong, "
+                         "zero_label, masks_K "
                          "(K = 1, 4, 8, ...)")
     ap.add_argument("--cls-epochs", type=int, default=None, help="override the profile's classifier epochs")
     ap.add_argument("--unet-steps", type=int, default=None, help="U-Net steps, exactly (default: the profile's rule)")
@@ -182,6 +191,8 @@ def main(argv=None) -> dict:
     paper_route = dict(cam_source="scorecam", edge_refine=True, pseudo_ignore=0.0)
     catalogue = {"weak": dict(EVIDENCE), "weak_evidence": dict(EVIDENCE), "weak_paper": paper_route,
                  "weak_edge": paper_route, "weak_cam": dict(paper_route, edge_refine=False), "weak_mil": dict(MIL),
+                 "weak_paste": dict(EVIDENCE, unet_paste=PASTE),
+                 "weak_paste_all": dict(EVIDENCE, unet_paste=PASTE, cls_paste=CLS_PASTE),
                  "strong": dict(masks=trp / "masks", use_masks_for_training=True)}
     names = [v.strip() for v in a.variants.split(",") if v.strip()]
     for v in names:
@@ -192,13 +203,14 @@ def main(argv=None) -> dict:
         elif v not in catalogue:
             ap.error(f"unknown variant {v!r}")
     variants = [(v, catalogue[v]) for v in names]
-    shared: dict[bool, Path] = {}  # one classifier per head kind (average or MIL), shared by its variants
+    # one classifier per head kind (average or MIL) and classifier paste share, shared by its variants
+    shared: dict[tuple, Path] = {}
     if a.classifier_from is not None:
-        shared[False] = a.classifier_from
+        shared[(False, 0.0)] = a.classifier_from
     for name, kw in variants:
         wd = out / f"work_{name}"
         wd.mkdir(parents=True)
-        mil = "cls_pool" in kw
+        mil = ("cls_pool" in kw, float(kw.get("cls_paste", 0.0)))
         t = time.perf_counter()
         budget = {k: v for k, v in (("cls_epochs", a.cls_epochs), ("unet_steps", a.unet_steps)) if v is not None}
         if kw.get("zero_label"):

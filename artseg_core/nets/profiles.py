@@ -31,6 +31,7 @@ class Profile:
     cls_early_stop: int = 20     # stop after this many epochs without improvement
     cls_pool: str = "avg"        # image score: global average (paper) | topk | lse (MIL pooling of the logit map)
     cls_pool_param: float = 0.02  # topk: fraction of layer4 positions; lse: sharpness r
+    cls_paste: float = 0.0       # share of clean training images drawn with synthetic artifacts, as artifact images
     # Score-CAM pseudo-masks
     cam_mode: str = "fast"       # exact | paper | fast
     cam_top_k: int = 32          # channels kept in fast mode
@@ -55,6 +56,7 @@ class Profile:
     unet_lr: float = 1e-3
     hand_mask_fraction: float = 0.25  # share of U-Net crops drawn from hand-masked fields (own loss term)
     hand_mask_weight: float = 1.0     # weight of the hand-mask loss term against the pseudo-mask term
+    unet_paste: float = 0.0      # share of clean-field crops given synthetic artifacts with exact masks (0 = none)
     # both trainings
     train_fast_math: bool = False  # channels-last + bf16 autocast where bf16 is native (fp32 is the reference)
     # prediction

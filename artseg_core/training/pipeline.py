@@ -155,7 +155,7 @@ def _classifier_step(prof, cls, f: _Fields, seed, dev, work, progress, classifie
         cfit = fit_classifier(cls, x_all[tr], y[tr], x_all[va] if len(va) else None, y[va] if len(va) else None,
                               ClassifierFitConfig(epochs=prof.cls_epochs, batch_size=prof.cls_batch, lr=prof.cls_lr,
                                                   plateau=prof.cls_plateau, early_stop=prof.cls_early_stop, seed=seed,
-                                                  fast_math=prof.train_fast_math),
+                                                  fast_math=prof.train_fast_math, paste_fraction=prof.cls_paste),
                               device=dev, checkpoint=work / "classifier.ckpt", progress=progress)
     p_all = predict_proba(cls, x_all, device=dev)
     cls_thr = best_classifier_threshold(y[va], p_all[va]) if len(va) else 0.5
@@ -348,15 +348,20 @@ def _unet_step(prof, unet, f: _Fields, saliency, cam_thr, use_masks_for_training
         return pseudo_target(saliency[i], cam_thr, prof.pseudo_ignore)
 
     hand = [own_loss and int(i) in f.true_masks for i in f.tr]
-    log.info("U-Net targets: %d hand-masked training fields%s; ignore band %s", sum(hand),
+    clean = [f.y[i] == 0 and not h for i, h in zip(f.tr, hand)]
+    log.info("U-Net targets: %d hand-masked training fields%s; ignore band %s; synthetic artifacts in %s", sum(hand),
              f" ({prof.hand_mask_fraction:.0%} of each batch, own loss term)" if any(hand) else "",
-             f"[{prof.pseudo_ignore:g} x threshold, threshold)" if prof.pseudo_ignore > 0 else "none")
+             f"[{prof.pseudo_ignore:g} x threshold, threshold)" if prof.pseudo_ignore > 0 else "none",
+             f"{prof.unet_paste:.0%} of the crops of {sum(clean)} clean fields" if prof.unet_paste > 0 else "none")
     ufit = fit_unet(unet, [f.imgs[i] for i in f.tr], [target(int(i)) for i in f.tr],
                     UNetFitConfig(steps=unet_training_steps(prof, len(f.tr)), batch_size=prof.unet_batch,
                                   tile=prof.unet_tile, lr=prof.unet_lr, seed=seed, fast_math=prof.train_fast_math,
-                                  hand_fraction=prof.hand_mask_fraction, hand_weight=prof.hand_mask_weight),
-                    device=dev, checkpoint=work / "unet.ckpt", progress=progress, hand=hand if any(hand) else None)
+                                  hand_fraction=prof.hand_mask_fraction, hand_weight=prof.hand_mask_weight,
+                                  paste_fraction=prof.unet_paste),
+                    device=dev, checkpoint=work / "unet.ckpt", progress=progress, hand=hand if any(hand) else None,
+                    clean=clean)
     ufit["hand_masked_fields"] = int(sum(hand))
+    ufit["paste"] = {"fraction": prof.unet_paste, "clean_fields": int(sum(clean))} if prof.unet_paste > 0 else None
     return ufit
 
 
@@ -399,6 +404,7 @@ def _summary(f: _Fields, seed, dev, p_all, cfit, cam_info, ufit, calib, threshol
                                        for k, v in vm.items()}},
         "scorecam": cam_info,
         "unet": {"steps_run": ufit["steps_run"], "hand_masked_fields": ufit.get("hand_masked_fields", 0),
+                 "synthetic_artifacts": ufit.get("paste"),
                  "final_loss": ufit["history"][-1]["loss"] if ufit["history"] else None},
         "calibration": {**calib, "classifier_threshold": thresholds["classifier"], "gate": thresholds["gate"]},
         "seconds": seconds,

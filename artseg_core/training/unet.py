@@ -8,7 +8,8 @@ Loss: binary cross-entropy + soft Dice. Adam with a cosine learning-rate decay. 
 Targets may be bool masks or uint8 maps with :data:`IGNORE` (2) for pixels left out of the loss (the uncertain band
 of a pseudo-mask). Images marked as hand-masked (``hand``) are drawn for ``hand_fraction`` of the crops and scored
 by a loss term of their own (weight ``hand_weight``), so a few exact masks are neither diluted by nor averaged into
-the pseudo-masks.
+the pseudo-masks. Images marked clean (``clean``) are exact background; with ``paste_fraction > 0`` that share of
+their crops get synthetic artifacts drawn in (:mod:`artseg_core.training.paste`), whose masks are exact.
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ class UNetFitConfig:
     fast_math: bool = False   # channels-last + bf16 autocast where the hardware has bf16 (about 2x on CPU)
     hand_fraction: float = 0.25  # share of crops drawn from hand-masked images (when there are any)
     hand_weight: float = 1.0     # weight of their loss term
+    paste_fraction: float = 0.0  # share of clean-field crops given synthetic artifacts with exact masks (paste.py)
 
 
 #: Target value of pixels that do not enter the loss.
@@ -77,6 +79,18 @@ def _sample_crops(images, masks, fg_coords, idx, tile, g: torch.Generator, fg_fr
     return x, y
 
 
+def _paste_into(x: torch.Tensor, y: torch.Tensor, clean: np.ndarray, fraction: float, g: torch.Generator) -> None:
+    """In place: ``fraction`` of the crops of clean fields get synthetic artifacts and their masks as targets."""
+    from artseg_core.training.paste import paste_artifacts
+
+    rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
+    for i in np.flatnonzero(clean):
+        if rng.random() < fraction:
+            img, m = paste_artifacts(x[i, 0].numpy(), rng)
+            x[i, 0] = torch.from_numpy(img)
+            y[i, 0] = torch.from_numpy(m.astype(np.float32))
+
+
 def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Binary cross-entropy plus (1 - soft Dice) computed over the whole batch; pixels whose target is
     :data:`IGNORE` count in neither term (a batch without any such pixel gives the plain loss)."""
@@ -111,11 +125,13 @@ def _pick(n: int, batch: int, hand: np.ndarray | None, frac: float, g: torch.Gen
 
 def fit_unet(model: torch.nn.Module, images: list[np.ndarray], masks: list[np.ndarray], cfg: UNetFitConfig,
              device="cpu", checkpoint: Path | None = None, progress: bool = False, on_step=None,
-             hand: list[bool] | np.ndarray | None = None) -> dict:
+             hand: list[bool] | np.ndarray | None = None, clean: list[bool] | np.ndarray | None = None) -> dict:
     """Train ``model`` in place on crops of normalised ``images`` with binary ``masks`` (same shapes).
 
     ``masks`` may hold :data:`IGNORE` for pixels left out of the loss. ``hand`` marks images whose masks are
     hand-drawn: they fill ``cfg.hand_fraction`` of every batch and have their own loss term (``cfg.hand_weight``).
+    ``clean`` marks clean fields (all-background targets): with ``cfg.paste_fraction > 0``, that share of their crops
+    get synthetic artifacts and the artifacts' exact masks as targets.
 
     ``on_step(step, loss)`` is called after every step (after its checkpoint is written), e.g. for a progress
     display; an exception it raises interrupts training, which the checkpoint then resumes.
@@ -153,6 +169,9 @@ def fit_unet(model: torch.nn.Module, images: list[np.ndarray], masks: list[np.nd
         raise ValueError("hand must have one entry per image")
     if hand_a is not None and not hand_a.any():
         hand_a = None
+    clean_a = None if clean is None or cfg.paste_fraction <= 0 else np.asarray(clean, bool)
+    if clean_a is not None and len(clean_a) != len(images):
+        raise ValueError("clean must have one entry per image")
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -166,6 +185,8 @@ def fit_unet(model: torch.nn.Module, images: list[np.ndarray], masks: list[np.nd
         else:
             idx = _pick(len(images), cfg.batch_size, hand_a, cfg.hand_fraction, g)
         x, y = _sample_crops(images, masks, fg_coords, idx, cfg.tile, g, cfg.foreground_crop_fraction)
+        if clean_a is not None:
+            _paste_into(x, y, clean_a[idx.numpy()], cfg.paste_fraction, g)
         x, y = augment_segmentation_batch(x, y, g)
         with prec.autocast():
             logits = model(prec.input(x.to(device)))

@@ -69,12 +69,15 @@ def main():
 @click.option("--epochs", type=int, default=None, help="Override the classifier epochs of the profile.")
 @click.option("--unet-steps", type=int, default=None,
               help="U-Net training steps, exactly (default: the profile's, more for large training sets).")
+@click.option("--synthetic-artifacts", "paste", type=click.FloatRange(0, 1), default=None,
+              help="Share of the clean fields' U-Net training crops that get synthetic artifacts (strokes, blobs, "
+                   "local blur, shading) with exact masks (default: the profile's, 0 = none).")
 @click.option("--pixel-size", type=click.FloatRange(0, min_open=True), default=None,
               help="Pixel size of the training images in um, recorded in the model (default: from the images' "
                    "TIFF/OME metadata when present); prediction warns about images that differ by > 20%.")
 @click.option("-v", "--verbose", count=True)
 def train(images, labels, clean, artifact, masks, out, profile, cam_mode, edge_refine, val_fraction, seed, device,
-          work_dir, restart, plane, epochs, unet_steps, pixel_size, verbose):
+          work_dir, restart, plane, epochs, unet_steps, paste, pixel_size, verbose):
     """Train a model from image-level labels: IMAGES + labels.csv, or --clean DIR --artifact DIR.
 
     --clean DIR alone (no artifact images at all) trains a zero-label model: it learns what the clean fields look
@@ -95,7 +98,7 @@ def train(images, labels, clean, artifact, masks, out, profile, cam_mode, edge_r
         model = train_fn(images, labels, clean=clean, artifact=artifact, masks=masks, profile=profile,
                          val_fraction=val_fraction, seed=seed, device=device, work_dir=work_dir, progress=True,
                          cam_mode=cam_mode, edge_refine=edge_refine, plane=plane, cls_epochs=epochs,
-                         unet_steps=unet_steps, restart=restart, pixel_size=pixel_size)
+                         unet_steps=unet_steps, restart=restart, pixel_size=pixel_size, unet_paste=paste)
     except (LabelFileError, ValueError) as e:
         _fail(str(e))
     model.save(out)

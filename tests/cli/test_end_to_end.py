@@ -205,6 +205,25 @@ def test_pixel_size_recorded_at_training_and_shown_by_info(tmp_path):
     assert pixel_size_from_files([tif]) == pytest.approx(0.325, rel=1e-6)
 
 
+def test_train_synthetic_artifacts_option_reaches_the_unet(tmp_path):
+    """--synthetic-artifacts F: the U-Net's clean-field crops get pasted artifacts; the model file says so."""
+    from artseg_core.data import phantoms
+    from artseg_core.predict.model import load_model
+
+    plate = tmp_path / "plate"
+    phantoms.make_plate(plate, rows=2, cols=2, fields=1, prevalence=0.5, seed=3, shape=(64, 64))
+    res = CliRunner().invoke(main, ["train", str(plate / "images"), "-o", str(tmp_path / "m.artseg"), "--profile",
+                                    "tiny", "--epochs", "1", "--unet-steps", "2", "--val-fraction", "0",
+                                    "--device", "cpu", "--synthetic-artifacts", "0.5"])
+    assert res.exit_code == 0, res.output
+    m = load_model(tmp_path / "m.artseg", device="cpu")
+    assert m.profile.unet_paste == 0.5
+    assert m.summary["unet"]["synthetic_artifacts"] == {"fraction": 0.5, "clean_fields": 2}
+    bad = CliRunner().invoke(main, ["train", str(plate / "images"), "-o", str(tmp_path / "x.artseg"),
+                                    "--synthetic-artifacts", "1.5"])
+    assert bad.exit_code != 0 and "1.5" in bad.output
+
+
 def test_old_model_files_load_without_pixel_size(trained_model_path):
     from artseg_core.io.modelfile import load_model_file
 

@@ -184,18 +184,25 @@ def test_cli_evaluate_on_predictions(trained_model_path, tiny_plate, tmp_path):
 # ------------------------------------------------------------------------------------------------ pixel size
 
 
+def _train_tiny(tmp_path, *options):
+    """`artseg train` (tiny profile, one epoch, two U-Net steps) on a 4-field phantom plate with ``options``;
+    (plate folder, CLI result), the model in tmp_path/m.artseg."""
+    plate = tmp_path / "plate"
+    phantoms.make_plate(plate, rows=2, cols=2, fields=1, prevalence=0.5, seed=3, shape=(64, 64))
+    res = CliRunner().invoke(main, ["train", str(plate / "images"), "-o", str(tmp_path / "m.artseg"), "--profile",
+                                    "tiny", "--epochs", "1", "--unet-steps", "2", "--val-fraction", "0",
+                                    "--device", "cpu", *options])
+    assert res.exit_code == 0, res.output
+    return plate, res
+
+
 def test_pixel_size_recorded_at_training_and_shown_by_info(tmp_path):
     """`artseg train --pixel-size` records it in the model file, `artseg info` shows it; without the option it
     is read from the training images' TIFF metadata; old files without it load with None."""
     from artseg_core.io.outputs import write_mask_tiff
     from artseg_core.predict.model import load_model, pixel_size_from_files
 
-    plate = tmp_path / "plate"
-    phantoms.make_plate(plate, rows=2, cols=2, fields=1, prevalence=0.5, seed=3, shape=(64, 64))
-    res = CliRunner().invoke(main, ["train", str(plate / "images"), "-o", str(tmp_path / "m.artseg"), "--profile",
-                                    "tiny", "--epochs", "1", "--unet-steps", "1", "--val-fraction", "0",
-                                    "--device", "cpu", "--pixel-size", "0.5"])
-    assert res.exit_code == 0, res.output
+    _, res = _train_tiny(tmp_path, "--pixel-size", "0.5")
     assert "pixel size: 0.5 um (recorded in the model)" in res.output
     assert load_model(tmp_path / "m.artseg", device="cpu").pixel_size == 0.5
     info = CliRunner().invoke(main, ["info", str(tmp_path / "m.artseg")])
@@ -207,15 +214,9 @@ def test_pixel_size_recorded_at_training_and_shown_by_info(tmp_path):
 
 def test_train_synthetic_artifacts_option_reaches_the_unet(tmp_path):
     """--synthetic-artifacts F: the U-Net's clean-field crops get pasted artifacts; the model file says so."""
-    from artseg_core.data import phantoms
     from artseg_core.predict.model import load_model
 
-    plate = tmp_path / "plate"
-    phantoms.make_plate(plate, rows=2, cols=2, fields=1, prevalence=0.5, seed=3, shape=(64, 64))
-    res = CliRunner().invoke(main, ["train", str(plate / "images"), "-o", str(tmp_path / "m.artseg"), "--profile",
-                                    "tiny", "--epochs", "1", "--unet-steps", "2", "--val-fraction", "0",
-                                    "--device", "cpu", "--synthetic-artifacts", "0.5"])
-    assert res.exit_code == 0, res.output
+    plate, _ = _train_tiny(tmp_path, "--synthetic-artifacts", "0.5")
     m = load_model(tmp_path / "m.artseg", device="cpu")
     assert m.profile.unet_paste == 0.5
     assert m.summary["unet"]["synthetic_artifacts"] == {"fraction": 0.5, "clean_fields": 2}

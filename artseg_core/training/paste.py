@@ -13,7 +13,8 @@ al., CVPR 2021; DRAEM, Zavrtanik et al., ICCV 2021); the shapes here are generic
 ``blur``    an irregular region blurred in place, centred on structure (out-of-focus patches, smears);
 ``shade``   a large, soft-edged region darker or lighter than the rest (stains, uneven illumination).
 
-Region sizes are capped by the crop (at most 0.45 of its side), so that a crop is never all artifact.
+Region sizes are capped by the crop (a blob's radius at 0.3 of its side, a blurred or shaded region's at 0.45), so
+that a crop is never all artifact.
 
 All randomness comes from the ``numpy.random.Generator`` given, so a seed reproduces a training run.
 """
@@ -25,9 +26,10 @@ from scipy import ndimage as ndi
 KINDS = ("stroke", "blob", "blur", "shade")
 
 
-def _range(x: np.ndarray) -> tuple[float, float, float]:
-    lo, med, hi = np.percentile(x, (1, 50, 99))
-    return float(lo), float(med), float(max(hi - lo, 1e-3))
+def _range(x: np.ndarray) -> tuple[float, float]:
+    """(1st percentile, 1st-99th percentile range) of a crop: the intensity scale drawn artifacts are set on."""
+    lo, hi = np.percentile(x, (1, 99))
+    return float(lo), float(max(hi - lo, 1e-3))
 
 
 def _star_region(shape, centre, radius: float, rng: np.random.Generator, roughness: float = 0.25) -> np.ndarray:
@@ -46,7 +48,7 @@ def _star_region(shape, centre, radius: float, rng: np.random.Generator, roughne
 
 def _stroke(x, rng):
     h, w = x.shape
-    lo, med, rng_i = _range(x)
+    lo, rng_i = _range(x)
     n = int(rng.integers(40, 260))
     pos = np.array([rng.uniform(0, h), rng.uniform(0, w)])
     heading, turn = rng.uniform(0, 2 * np.pi), rng.uniform(0.02, 0.15)
@@ -68,7 +70,7 @@ def _stroke(x, rng):
 
 def _blob(x, rng):
     h, w = x.shape
-    lo, med, rng_i = _range(x)
+    lo, rng_i = _range(x)
     radius = float(np.exp(rng.uniform(np.log(4), np.log(max(min(45.0, 0.3 * min(h, w)), 5.0)))))
     centre = (rng.uniform(0, h), rng.uniform(0, w))
     region = _star_region(x.shape, centre, radius, rng, roughness=rng.uniform(0.1, 0.6))
@@ -90,11 +92,11 @@ def _blob(x, rng):
 
 def _blur(x, rng):
     h, w = x.shape
-    lo, med, rng_i = _range(x)
+    lo, rng_i = _range(x)
     # centre on structure: blurring a flat background changes nothing that could be masked
     grad = ndi.gaussian_gradient_magnitude(x, 2)
-    flat = np.argsort(grad.ravel())[-max(1, grad.size // 20):]
-    cy, cx = np.unravel_index(flat[int(rng.integers(len(flat)))], x.shape)
+    busy = np.argsort(grad.ravel())[-max(1, grad.size // 20):]  # the 5 % of pixels with most structure
+    cy, cx = np.unravel_index(busy[int(rng.integers(len(busy)))], x.shape)
     radius = rng.uniform(0.25, 1.0) * min(110.0, 0.45 * min(h, w))
     region = _star_region(x.shape, (cy, cx), radius, rng, roughness=0.3)
     soft = np.clip(ndi.gaussian_filter(region.astype(np.float32), 3) * 2 - 0.5, 0, 1)
@@ -105,7 +107,7 @@ def _blur(x, rng):
 
 def _shade(x, rng):
     h, w = x.shape
-    lo, med, rng_i = _range(x)
+    lo, rng_i = _range(x)
     radius = rng.uniform(0.25, 1.0) * min(140.0, 0.45 * min(h, w))
     region = _star_region(x.shape, (rng.uniform(0, h), rng.uniform(0, w)), radius, rng, roughness=0.4)
     if not region.any():

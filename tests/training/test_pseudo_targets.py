@@ -85,3 +85,36 @@ def test_hand_masks_enter_through_their_own_loss_term():
     assert abs(w1_a - w1_b) > 1e-3                                                      # the hand term counts
     hand_term = w1_b - first_loss(hand_b, 0.0)
     assert hand_term > 0 and w3_b == pytest.approx(first_loss(hand_b, 0.0) + 3 * hand_term, rel=1e-5)
+
+
+@pytest.mark.parametrize("n_masked", [3, 12])
+def test_a_few_hand_masked_fields_all_train_and_many_are_also_held_out(tmp_path, n_masked):
+    """Fewer than MIN_MASKS_FOR_VALIDATION hand masks: every masked field is in the training split (one masked
+    validation field used to choose every threshold alone and was never trained on); with more, or when the masks
+    only calibrate (use_masks_for_training=False), the usual stratified split holds some out."""
+    import csv
+    import shutil
+
+    from artseg_core.data.phantoms import make_plate
+    from artseg_core.io.labels import load_labeled_set
+    from artseg_core.training.pipeline import MIN_MASKS_FOR_VALIDATION, _read_fields
+
+    plate = tmp_path / "plate"
+    make_plate(plate, rows=4, cols=5, fields=2, prevalence=0.5, seed=1, shape=(48, 48))
+    with open(plate / "labels.csv") as fh:
+        art = sorted(r["image"] for r in csv.DictReader(fh) if r["label"] == "artifact")
+    masks = tmp_path / "hand"
+    masks.mkdir()
+    for name in art[:n_masked]:
+        stem = name.rsplit(".", 1)[0]
+        shutil.copy(plate / "masks" / f"{stem}.tif", masks / f"{stem}.tif")
+    samples = load_labeled_set(plate / "images", plate / "labels.csv", masks=masks)
+    plain = _read_fields(samples, None, 0.3, 0, False)
+    assert len(plain.true_masks) == n_masked and any(int(i) in plain.true_masks for i in plain.va)
+    f = _read_fields(samples, None, 0.3, 0, False, masks_train=True)
+    masked_val = [int(i) for i in f.va if int(i) in f.true_masks]
+    assert sorted(np.concatenate([f.tr, f.va]).tolist()) == list(range(len(samples)))
+    if n_masked < MIN_MASKS_FOR_VALIDATION:
+        assert masked_val == [] and len(f.va) < len(plain.va)
+    else:
+        assert f.tr.tolist() == plain.tr.tolist() and f.va.tolist() == plain.va.tolist() and masked_val

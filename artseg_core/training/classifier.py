@@ -54,16 +54,11 @@ def predict_proba(model: torch.nn.Module, x: torch.Tensor, device="cpu", batch_s
 
 def _paste_batch(x: torch.Tensor, y: torch.Tensor, fraction: float, g: torch.Generator):
     """A copy of the batch in which ``fraction`` of the clean images carry synthetic artifacts and label 1."""
-    from artseg_core.training.paste import paste_artifacts
+    from artseg_core.training.paste import paste_into_batch
 
     x, y = x.clone(), y.clone()
-    rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
-    for i in np.flatnonzero(y.numpy() == 0):
-        if rng.random() < fraction:
-            img, m = paste_artifacts(x[i, 0].numpy(), rng)
-            if m.any():
-                x[i, 0] = torch.from_numpy(img)
-                y[i] = 1
+    for i in paste_into_batch(x, y.numpy() == 0, fraction, g):
+        y[i] = 1
     return x, y
 
 

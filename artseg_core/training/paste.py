@@ -21,6 +21,7 @@ All randomness comes from the ``numpy.random.Generator`` given, so a seed reprod
 from __future__ import annotations
 
 import numpy as np
+import torch
 from scipy import ndimage as ndi
 
 KINDS = ("stroke", "blob", "blur", "shade")
@@ -92,7 +93,7 @@ def _blob(x, rng):
 
 def _blur(x, rng):
     h, w = x.shape
-    lo, rng_i = _range(x)
+    _, rng_i = _range(x)
     # centre on structure: blurring a flat background changes nothing that could be masked
     grad = ndi.gaussian_gradient_magnitude(x, 2)
     busy = np.argsort(grad.ravel())[-max(1, grad.size // 20):]  # the 5 % of pixels with most structure
@@ -107,7 +108,7 @@ def _blur(x, rng):
 
 def _shade(x, rng):
     h, w = x.shape
-    lo, rng_i = _range(x)
+    _, rng_i = _range(x)
     radius = rng.uniform(0.25, 1.0) * min(140.0, 0.45 * min(h, w))
     region = _star_region(x.shape, (rng.uniform(0, h), rng.uniform(0, w)), radius, rng, roughness=0.4)
     if not region.any():
@@ -155,4 +156,19 @@ def paste_artifacts(image: np.ndarray, rng: np.random.Generator, n: int | None =
     return x.astype(np.float32), mask
 
 
-__all__ = ["paste_artifacts", "KINDS"]
+def paste_into_batch(x: torch.Tensor, chosen, fraction: float, g: torch.Generator) -> dict[int, np.ndarray]:
+    """In place: each batch item ``i`` with ``chosen[i]`` gets, with probability ``fraction``, synthetic artifacts
+    drawn into ``x[i, 0]`` (``x`` is (N, 1, H, W) float32). The draws are seeded from ``g``, so a training run's
+    generator reproduces them. Returns ``{i: mask}`` for the items whose mask is not empty."""
+    rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
+    drawn = {}
+    for i in np.flatnonzero(np.asarray(chosen, bool)):
+        if rng.random() < fraction:
+            img, m = paste_artifacts(x[i, 0].numpy(), rng)
+            x[i, 0] = torch.from_numpy(img)
+            if m.any():
+                drawn[int(i)] = m
+    return drawn
+
+
+__all__ = ["paste_artifacts", "paste_into_batch", "KINDS"]

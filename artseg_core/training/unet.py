@@ -81,14 +81,10 @@ def _sample_crops(images, masks, fg_coords, idx, tile, g: torch.Generator, fg_fr
 
 def _paste_into(x: torch.Tensor, y: torch.Tensor, clean: np.ndarray, fraction: float, g: torch.Generator) -> None:
     """In place: ``fraction`` of the crops of clean fields get synthetic artifacts and their masks as targets."""
-    from artseg_core.training.paste import paste_artifacts
+    from artseg_core.training.paste import paste_into_batch
 
-    rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
-    for i in np.flatnonzero(clean):
-        if rng.random() < fraction:
-            img, m = paste_artifacts(x[i, 0].numpy(), rng)
-            x[i, 0] = torch.from_numpy(img)
-            y[i, 0] = torch.from_numpy(m.astype(np.float32))
+    for i, m in paste_into_batch(x, clean, fraction, g).items():
+        y[i, 0] = torch.from_numpy(m.astype(np.float32))
 
 
 def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

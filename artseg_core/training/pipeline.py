@@ -143,11 +143,11 @@ def _read_fields(samples, plane, val_fraction, seed, progress, clean_only: bool 
     true_masks = {i: _read_mask(s.mask_path, imgs[i].shape) for i, s in enumerate(kept) if s.mask_path is not None}
     tr, va = stratified_split(y, val_fraction, seed)
     if masks_train and 0 < len(true_masks) < MIN_MASKS_FOR_VALIDATION:
-        moved = [int(i) for i in va if int(i) in true_masks]
-        if moved:
-            log.info("%d hand-masked field(s) moved from validation to training (fewer than %d masks)", len(moved),
-                     MIN_MASKS_FOR_VALIDATION)
-            tr, va = np.sort(np.concatenate([tr, moved]).astype(int)), np.array([i for i in va if i not in moved], int)
+        masked = np.isin(va, list(true_masks))
+        if masked.any():
+            log.info("%d hand-masked field(s) moved from validation to training (fewer than %d masks)",
+                     int(masked.sum()), MIN_MASKS_FOR_VALIDATION)
+            tr, va = np.sort(np.concatenate([tr, va[masked]])), va[~masked]
     log.info("training set: %d images (%d artifact), validation: %d, masks: %d, skipped: %d",
              len(tr), int(y[tr].sum()), len(va), len(true_masks), len(skipped))
     return _Fields(kept, imgs, qscores, skipped, y, true_masks, tr, va)

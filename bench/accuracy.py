@@ -210,7 +210,7 @@ def main(argv=None) -> dict:
     for name, kw in variants:
         wd = out / f"work_{name}"
         wd.mkdir(parents=True)
-        mil = ("cls_pool" in kw, float(kw.get("cls_paste", 0.0)))
+        cls_key = ("cls_pool" in kw, float(kw.get("cls_paste", 0.0)))  # which shared classifier
         t = time.perf_counter()
         budget = {k: v for k, v in (("cls_epochs", a.cls_epochs), ("unet_steps", a.unet_steps)) if v is not None}
         if kw.get("zero_label"):
@@ -218,11 +218,11 @@ def main(argv=None) -> dict:
                           progress=False)
         else:
             model = train(trp / "images", trp / "labels.csv", profile=profile, seed=a.seed, work_dir=wd,
-                          progress=False, classifier_from=shared.get(mil), **budget, **kw)
+                          progress=False, classifier_from=shared.get(cls_key), **budget, **kw)
         seconds[name] = round(time.perf_counter() - t, 1)
         model.save(out / f"{name}.artseg")
         if not model.zero_label:
-            shared.setdefault(mil, out / f"{name}.artseg")
+            shared.setdefault(cls_key, out / f"{name}.artseg")
         results[name] = score_model(load_model(out / f"{name}.artseg"), imgs, truth, labels, types)
         print(name, results[name], f"{seconds[name]} s", flush=True)
     base_preds = {s: baseline_mask(im) for s, im in imgs.items()}

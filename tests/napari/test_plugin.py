@@ -19,9 +19,14 @@ def model(trained_model_path):
     return load_model(trained_model_path, device="cpu")
 
 
-def _wait_worker(qtbot, worker, timeout=300_000):
-    with qtbot.waitSignal(worker.finished, timeout=timeout):
-        pass
+def _wait_worker(qtbot, button, timeout=300_000):
+    """Wait until the widget's worker is done: its button, disabled while it runs, is enabled again.
+
+    Waiting on ``worker.finished`` after ``run()`` has returned races with a worker that fails at once (a broken
+    model file): the signal can be emitted before the wait connects to it.
+    """
+    assert not button.enabled, "the button should be disabled while the worker runs"
+    qtbot.waitUntil(lambda: button.enabled, timeout=timeout)
 
 
 def test_manifest_is_found_through_the_entry_point():
@@ -54,7 +59,7 @@ def test_mask_artifacts_widget(make_napari_viewer, qtbot, trained_model_path, mo
     widget.image.value = viewer.layers["phantom field"]
     worker = widget.run()
     assert worker is not None, widget.status.value
-    _wait_worker(qtbot, worker)
+    _wait_worker(qtbot, widget.run_button)
     image = viewer.layers["phantom field"].data
     expected = model.predict(image)
     assert expected.n_objects > 0, "the tiny model should find the phantom's artifacts"
@@ -91,8 +96,8 @@ def test_mask_artifacts_on_the_current_plane_of_a_stack(make_napari_viewer, qtbo
     dock, widget = viewer.window.add_plugin_dock_widget("artseg", "Mask artifacts")
     widget.model_file.value = trained_model_path
     widget.gate.value = False
-    worker = widget.run()
-    _wait_worker(qtbot, worker)
+    assert widget.run() is not None, widget.status.value
+    _wait_worker(qtbot, widget.run_button)
     expected = model.predict(stack[1], gate=False)
     assert expected.n_objects > 0
     np.testing.assert_array_equal(viewer.layers["stack artifacts"].data, expected.labels)
@@ -105,8 +110,8 @@ def test_widget_reports_a_bad_model_file(make_napari_viewer, qtbot, tmp_path):
     bad = tmp_path / "broken.artseg"
     bad.write_bytes(b"not a model")
     widget.model_file.value = bad
-    worker = widget.run()
-    _wait_worker(qtbot, worker)
+    assert widget.run() is not None, widget.status.value
+    _wait_worker(qtbot, widget.run_button)
     assert widget.status.value.startswith("error:")
     assert "img artifacts" not in viewer.layers
 
@@ -146,8 +151,8 @@ def test_training_data_widget_saves_mask_and_trains(make_napari_viewer, qtbot, t
     widget.train_options.value = "--epochs 1 --unet-steps 3 --device cpu"
     cmd = widget.command()
     assert cmd[cmd.index("--masks") + 1] == str(masks)
-    worker = widget.train()
-    _wait_worker(qtbot, worker, timeout=600_000)
+    assert widget.train() is not None, widget.status.value
+    _wait_worker(qtbot, widget.train_button, timeout=600_000)
     assert (tmp_path / "m.artseg").is_file(), "\n".join(widget.log[-20:])
     assert widget.status.value.startswith("model written")
     assert widget.progress.value == 100

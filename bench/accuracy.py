@@ -12,6 +12,9 @@
              phantom generator) drawn into half of the clean fields' U-Net crops with exact masks
 * weak_paste_all  weak_paste, and the classifier also sees 30 % of the clean images it draws with synthetic
              artifacts, labelled artifact (its own classifier)
+* weak_pretrain  weak, with the U-Net first pretrained (masked-region inpainting, training/pretrain.py) on 400
+             unlabelled fields of the same kind of plate plus the training fields (``train(unlabelled=...)``); its
+             ``pretrain_s`` is reported apart from ``train_s`` (a plate is pretrained once)
 * strong     the U-Net trained on the true masks of every training image (the upper bound)
 * weak_mil   the MIL route: classifier head pooling the top 2 % of its logit map, that logit map as saliency
              (its own 0.5 boundary), pseudo-masks with an ignored band; it trains its own classifier
@@ -125,6 +128,43 @@ def _some_masks(plate: Path, k: int, out: Path) -> Path:
     return out
 
 
+def _settings(pairs: list[str], profile: str) -> dict:
+    """``KEY=VALUE`` strings as profile overrides, each value cast to the type of the profile's setting."""
+    from artseg_core.nets.profiles import get_profile
+
+    base, out = get_profile(profile).to_dict(), {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in base:
+            raise ValueError(f"--set {pair!r}: expected KEY=VALUE with KEY a profile setting")
+        cur = base[key]
+        if isinstance(cur, bool):
+            out[key] = value.lower() in ("1", "true", "yes", "on")
+        elif isinstance(cur, (int, float, str)):
+            out[key] = type(cur)(value)
+        else:  # None default (e.g. cam_threshold): a number
+            out[key] = float(value)
+    return out
+
+
+#: unlabelled fields of the weak_pretrain variant's plate (users own thousands of fields; 400 on 2 cores)
+N_UNLABELLED = 400
+
+
+def _unlabelled_plate(out: Path, a, size: int) -> Path:
+    """The images folder of a plate of :data:`N_UNLABELLED` fields made like the training plate (another seed),
+    whose labels are not used: the plate's unlabelled fields."""
+    if a.backgrounds is not None:
+        from real_plate import make_real_plate
+
+        make_real_plate(out, N_UNLABELLED, "train", prevalence=0.5, seed=a.seed + 500, size=size,
+                        root=a.backgrounds)
+    else:
+        make_plate(out, rows=4, cols=10, fields=N_UNLABELLED // 40, prevalence=0.5, seed=a.seed + 500,
+                   shape=(size, size), plate="unlabelled")
+    return out / "images"
+
+
 def _clean_fields(plate: Path, out: Path) -> Path:
     """A folder with the clean training fields only: the zero-label variant's whole training set."""
     import csv
@@ -149,7 +189,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--backgrounds", type=Path, default=None,
                     help="folder of real images (../shared/data/real): plates on real backgrounds")
     ap.add_argument("--variants", default="weak,weak_paper,strong",
-                    help="comma list of weak, weak_edge, weak_mil, weak_evidence, weak_paste, weak_paste_all, strong, "
+                    help="comma list of weak, weak_edge, weak_mil, weak_evidence, weak_paste, weak_paste_all, "
+                         "weak_pretrain, strong, "
                          "zero_label, masks_K "
                          "(K = 1, 4, 8, ...)")
     ap.add_argument("--cls-epochs", type=int, default=None, help="override the profile's classifier epochs")
@@ -157,9 +198,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--classifier-from", type=Path, default=None,
                     help="a model file trained on the same training plate (same seed and size): its classifier is "
                          "shared by the variants with the average-pooling head instead of training one")
+    ap.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                    help="a profile setting for every learned variant, e.g. --set unet_scale=1 (repeatable)")
     ap.add_argument("--out", type=Path, default=Path("bench_out/accuracy"))
     a = ap.parse_args(argv)
     profile = a.profile or ("tiny" if a.quick else "fast")
+    try:
+        settings = _settings(a.settings, profile)
+    except ValueError as e:
+        ap.error(str(e))
     size = 256 if a.quick else 512
     out = a.out
     if out.exists():
@@ -187,7 +234,7 @@ def main(argv=None) -> dict:
         make_plate(trp, **tr_shape, prevalence=0.5, seed=a.seed, shape=(size, size), plate="train")
         make_plate(tep, **te_shape, prevalence=0.5, seed=a.seed + 1000, shape=(size, size), plate="test")
     imgs, truth, labels, types = test_set(tep)
-    results, seconds = {}, {}
+    results, seconds, pretrain_s = {}, {}, {}
     paper_route = dict(cam_source="scorecam", edge_refine=True, pseudo_ignore=0.0)
     catalogue = {"weak": dict(EVIDENCE), "weak_evidence": dict(EVIDENCE), "weak_paper": paper_route,
                  "weak_edge": paper_route, "weak_cam": dict(paper_route, edge_refine=False), "weak_mil": dict(MIL),
@@ -200,6 +247,8 @@ def main(argv=None) -> dict:
             catalogue[v] = dict(EVIDENCE, masks=_some_masks(trp, int(v[6:]), out / f"hand_{v}"))
         elif v == "zero_label":
             catalogue[v] = dict(zero_label=True)
+        elif v == "weak_pretrain":
+            catalogue[v] = dict(EVIDENCE, unlabelled=_unlabelled_plate(out / "unlabelled_plate", a, size))
         elif v not in catalogue:
             ap.error(f"unknown variant {v!r}")
     variants = [(v, catalogue[v]) for v in names]
@@ -218,8 +267,11 @@ def main(argv=None) -> dict:
                           progress=False)
         else:
             model = train(trp / "images", trp / "labels.csv", profile=profile, seed=a.seed, work_dir=wd,
-                          progress=False, classifier_from=shared.get(cls_key), **budget, **kw)
+                          progress=False, classifier_from=shared.get(cls_key), **budget, **{**settings, **kw})
         seconds[name] = round(time.perf_counter() - t, 1)
+        if model.summary.get("seconds", {}).get("pretrain"):
+            pretrain_s[name] = model.summary["seconds"]["pretrain"]
+            seconds[name] = round(seconds[name] - pretrain_s[name], 1)
         model.save(out / f"{name}.artseg")
         if not model.zero_label:
             shared.setdefault(cls_key, out / f"{name}.artseg")
@@ -235,6 +287,7 @@ def main(argv=None) -> dict:
     weak_best = results["weak"]["iou"] if "weak" in results else None
     line = {
         "bench": "accuracy", "profile": profile, "image_size": size,
+        "settings": settings,
         "plate": f"real backgrounds ({a.backgrounds})" if a.backgrounds is not None else "phantom",
         "n_train": int(len(list((trp / "images").iterdir()))), "n_test": len(imgs),
         **{f"{v}_iou": r4[v]["iou"] for v in results},
@@ -244,7 +297,7 @@ def main(argv=None) -> dict:
         "image_f1": r4[names[0]]["image_f1"], "image_roc_auc": r4[names[0]]["image_roc_auc"],
         "weak_over_strong": (round(weak_best / max(results["strong"]["iou"], 1e-9), 3)
                              if weak_best is not None and "strong" in results else None),
-        "train_s": seconds,
+        "train_s": seconds, "pretrain_s": pretrain_s,
         "local_iou_by_kind": {k: {v: results[v]["local_iou_by_kind"].get(k) for v in results}
                               for k in sorted(set().union(*(r["local_iou_by_kind"] for r in results.values())))},
         "details": results, "seconds": {**seconds, "total": round(time.perf_counter() - t0, 1)},

@@ -75,9 +75,12 @@ def main():
 @click.option("--pixel-size", type=click.FloatRange(0, min_open=True), default=None,
               help="Pixel size of the training images in um, recorded in the model (default: from the images' "
                    "TIFF/OME metadata when present); prediction warns about images that differ by > 20%.")
+@click.option("--unlabelled", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Folder of the plate's fields, labelled or not: the U-Net is first pretrained on them "
+                   "(masked-region inpainting), then trained on the masks; or a file written by 'artseg pretrain'.")
 @click.option("-v", "--verbose", count=True)
 def train(images, labels, clean, artifact, masks, out, profile, cam_mode, edge_refine, val_fraction, seed, device,
-          work_dir, restart, plane, epochs, unet_steps, paste, pixel_size, verbose):
+          work_dir, restart, plane, epochs, unet_steps, paste, pixel_size, unlabelled, verbose):
     """Train a model from image-level labels: IMAGES + labels.csv, or --clean DIR --artifact DIR.
 
     --clean DIR alone (no artifact images at all) trains a zero-label model: it learns what the clean fields look
@@ -98,7 +101,8 @@ def train(images, labels, clean, artifact, masks, out, profile, cam_mode, edge_r
         model = train_fn(images, labels, clean=clean, artifact=artifact, masks=masks, profile=profile,
                          val_fraction=val_fraction, seed=seed, device=device, work_dir=work_dir, progress=True,
                          cam_mode=cam_mode, edge_refine=edge_refine, plane=plane, cls_epochs=epochs,
-                         unet_steps=unet_steps, restart=restart, pixel_size=pixel_size, unet_paste=paste)
+                         unet_steps=unet_steps, restart=restart, pixel_size=pixel_size, unet_paste=paste,
+                         unlabelled=unlabelled)
     except (LabelFileError, ValueError) as e:
         _fail(str(e))
     model.save(out)
@@ -113,7 +117,58 @@ def train(images, labels, clean, artifact, masks, out, profile, cam_mode, edge_r
     px = (f"{model.pixel_size:g} um (recorded in the model)" if model.pixel_size
           else "unknown (give --pixel-size to record it)")
     click.echo(f"  pixel size: {px}")
+    if s.get("pretrain"):
+        pre = s["pretrain"]
+        how = "reused" if pre["reused"] else f"{pre['seconds']} s"
+        click.echo(f"  U-Net pretrained on {pre['n_fields']} fields ({pre['source']}, {how})")
     click.echo(f"  time: {s['seconds']['total']} s")
+
+
+# --------------------------------------------------------------------------- pretrain
+@main.command()
+@click.argument("folders", nargs=-1, required=True,
+                type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="File to write (e.g. plate1.pretrain.pt); give it to 'artseg train --unlabelled'.")
+@click.option("--profile", type=click.Choice(["fast", "scorecam", "paper", "tiny", "mil"]), default="fast",
+              show_default=True, help="The profile of the models it will start (same U-Net).")
+@click.option("--steps", type=click.IntRange(1), default=None, help="Pretraining steps (default: the profile's).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--plane", type=int, default=None, help="Plane to read from multi-page TIFFs.")
+@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Checkpoint here; re-running with the same folder resumes.")
+@click.option("-v", "--verbose", count=True)
+def pretrain(folders, out, profile, steps, seed, device, plane, work_dir, verbose):
+    """Pretrain the U-Net on all fields of a plate, labelled or not (FOLDERS, searched recursively), once per plate.
+
+    The network learns to restore hidden regions of the fields (masked-region inpainting); 'artseg train
+    --unlabelled FILE' then starts from these weights."""
+    from artseg_core.io.images import list_images
+    from artseg_core.nets.accel import set_threads
+    from artseg_core.nets.profiles import get_profile
+    from artseg_core.predict.model import ArtifactModel, resolve_device
+    from artseg_core.training.pretrain import pretrain_config, pretrain_unet, save_pretrained
+
+    _setup_logging(verbose, (work_dir / "pretrain.log") if work_dir else None)
+    paths = list_images(list(folders), recursive=True)
+    if not paths:
+        _fail(f"no images found in {', '.join(map(str, folders))}")
+    prof = get_profile(profile, pretrain_steps=steps)
+    set_threads()
+    unet = ArtifactModel.build_unet(prof)
+    cfg = pretrain_config(prof, seed)
+    if work_dir is not None:
+        work_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        info = pretrain_unet(unet, paths, cfg, device=resolve_device(device), progress=True, plane=plane,
+                             checkpoint=(work_dir / "pretrain.ckpt") if work_dir else None)
+    except ValueError as e:
+        _fail(str(e))
+    save_pretrained(out, unet, cfg, info)
+    click.echo(f"wrote {out}")
+    click.echo(f"  fields: {info['n_fields']} ({len(info['skipped'])} unreadable skipped), steps: {info['steps_run']}, "
+               f"final inpainting loss: {info['final_loss']:.4f}, time: {info['seconds']} s")
 
 
 # --------------------------------------------------------------------------- predict

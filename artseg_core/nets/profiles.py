@@ -57,6 +57,7 @@ class Profile:
     hand_mask_fraction: float = 0.25  # share of U-Net crops drawn from hand-masked fields (own loss term)
     hand_mask_weight: float = 1.0     # weight of the hand-mask loss term against the pseudo-mask term
     unet_paste: float = 0.0      # share of clean-field crops given synthetic artifacts with exact masks (0 = none)
+    pretrain_steps: int = 1500   # masked-region inpainting steps on unlabelled fields (``unlabelled`` / pretrain)
     # both trainings
     train_fast_math: bool = False  # channels-last + bf16 autocast where bf16 is native (fp32 is the reference)
     # prediction
@@ -89,7 +90,8 @@ PROFILES: dict[str, Profile] = {
                     predict_tile=1024),
     "tiny": Profile(name="tiny", arch="resnet18", cls_width=8, cls_layer4_stride=1, cam_threshold=0.2, cls_size=128,
                     cls_epochs=40, cls_batch=16, cam_mode="fast", cam_top_k=16, unet_width=8, unet_levels=3,
-                    unet_scale=2, unet_tile=128, unet_steps=400, unet_batch=8, unet_lr=3e-3, predict_tile=512),
+                    unet_scale=2, unet_tile=128, unet_steps=400, unet_batch=8, unet_lr=3e-3, predict_tile=512,
+                    pretrain_steps=100),
 }
 # today's default: ``fast``'s networks with pseudo-masks from the clean fields; ``scorecam`` keeps the paper's
 # Score-CAM pseudo-masks on the same networks (the default up to ArtSeg 0.2)

@@ -153,14 +153,19 @@ class ArtifactModel:
     def build_networks(profile: Profile):
         """Fresh, untrained classifier and U-Net for a profile."""
         from artseg_core.nets.resnet import build_resnet
-        from artseg_core.nets.unet import ArtSegUNet
 
         cls = build_resnet(profile.arch, in_channels=1, num_classes=2, width=profile.cls_width,
                            layer4_stride=profile.cls_layer4_stride, pool=profile.cls_pool,
                            pool_param=profile.cls_pool_param)
-        unet = ArtSegUNet(in_channels=1, out_channels=1, width=profile.unet_width, levels=profile.unet_levels,
+        return cls, ArtifactModel.build_unet(profile)
+
+    @staticmethod
+    def build_unet(profile: Profile):
+        """Fresh, untrained U-Net for a profile."""
+        from artseg_core.nets.unet import ArtSegUNet
+
+        return ArtSegUNet(in_channels=1, out_channels=1, width=profile.unet_width, levels=profile.unet_levels,
                           scale=profile.unet_scale)
-        return cls, unet
 
     def to(self, device: str = "auto") -> "ArtifactModel":
         self.device = resolve_device(device)

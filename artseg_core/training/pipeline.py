@@ -5,13 +5,14 @@
    multiplied by an edge map, binarised at a threshold chosen on validation masks (or the documented default)
    -> pseudo-masks;
 3. U-Net trained on the pseudo-masks (clean images are exact background; optionally an ignored band between
-   confident foreground and background; hand masks, where given, enter through their own oversampled loss term);
+   confident foreground and background; hand masks, where given, enter through their own oversampled loss term),
+   optionally starting from weights pretrained on the plate's unlabelled fields (``unlabelled``);
 4. calibration on the validation split: classifier threshold (best F1), gate, U-Net threshold and minimum object
    size (best mean IoU against validation masks, or against pseudo-masks when there are none);
 5. QC thresholds learned from the clean training images.
 
 :func:`train` reads as these steps; each is one function below (``_read_fields``, ``_classifier_step``,
-``_pseudo_mask_step``, ``_unet_step``, ``_calibrate``, ``_summary``).
+``_pseudo_mask_step``, ``_pretrain_step``, ``_unet_step``, ``_calibrate``, ``_summary``).
 """
 from __future__ import annotations
 
@@ -379,6 +380,36 @@ def _unet_step(prof, unet, f: _Fields, saliency, cam_thr, use_masks_for_training
     return ufit
 
 
+def _pretrain_step(prof, unet, unlabelled, f: _Fields, seed, dev, work, plane, progress) -> dict | None:
+    """Step 3a (optional): the U-Net starts from weights pretrained by masked-region inpainting
+    (:mod:`artseg_core.training.pretrain`): read from a file written by ``artseg pretrain``, or learned here from a
+    folder of unlabelled fields plus the training fields (the weights are kept in ``work`` as
+    ``pretrained_unet.pt``)."""
+    from artseg_core.io.images import list_images
+    from artseg_core.training.pretrain import (load_pretrained, pretrain_config, pretrain_unet, read_pretrained,
+                                               save_pretrained)
+
+    if unlabelled is None:
+        return None
+    src = Path(unlabelled)
+    if src.is_file():
+        d = read_pretrained(src)
+        load_pretrained(unet, d, str(src))
+        log.info("U-Net: starting from %s (pretrained on %s fields)", src, d["info"].get("n_fields"))
+        return {"source": str(src), "reused": True, **{k: d["info"].get(k) for k in ("n_fields", "steps_run",
+                                                                                      "final_loss", "seconds")}}
+    if not src.is_dir():
+        raise ValueError(f"{src}: unlabelled must be a folder of images or a file written by 'artseg pretrain'")
+    paths = sorted(set(list_images([src], recursive=True)) | {s.path for s in f.samples})
+    cfg = pretrain_config(prof, seed)
+    info = pretrain_unet(unet, paths, cfg, device=dev, checkpoint=work / "pretrain.ckpt", progress=progress,
+                         plane=plane)
+    save_pretrained(work / "pretrained_unet.pt", unet, cfg, info)
+    load_pretrained(unet, {"unet_config": unet.config(), "state": unet.state_dict()}, str(src))
+    return {"source": str(src), "reused": False,
+            **{k: info[k] for k in ("n_fields", "steps_run", "final_loss", "seconds", "skipped")}}
+
+
 def _calibrate(model, f: _Fields) -> dict:
     """Step 4: U-Net threshold and minimum object size on the validation split (into ``model.thresholds``)."""
     from artseg_core.imgproc.postprocess import clean_mask
@@ -461,7 +492,7 @@ def train(images=None, labels=None, *, clean=None, artifact=None, masks=None, pr
           val_fraction: float = 0.2, seed: int = 0, device: str = "auto", work_dir=None, progress: bool = True,
           cam_mode: str | None = None, edge_refine: bool | None = None, use_masks_for_training: bool = True,
           plane: int | None = None, restart: bool = False, pixel_size: float | None = None,
-          classifier_from=None, **overrides) -> ArtifactModel:
+          classifier_from=None, unlabelled=None, **overrides) -> ArtifactModel:
     """Train an artifact model from image-level labels.
 
     Parameters
@@ -497,6 +528,10 @@ def train(images=None, labels=None, *, clean=None, artifact=None, masks=None, pr
     pixel_size : float, optional
         Pixel size of the training images in um/pixel, recorded in the model (``pixel_size_um``); default: read
         from the images' metadata (ImageJ, OME or TIFF resolution) when they carry one.
+    unlabelled : path, optional
+        A folder of the plate's fields, labelled or not (searched recursively): the U-Net is first pretrained on
+        them and the training fields by masked-region inpainting (``pretrain_steps`` steps), then fine-tuned; or
+        a file written by ``artseg pretrain`` (the same pretraining, done once per plate and reused).
 
     Returns
     -------
@@ -515,11 +550,14 @@ def train(images=None, labels=None, *, clean=None, artifact=None, masks=None, pr
     if zero_label:
         if masks is not None:
             raise ValueError("zero-label training (clean images only) takes no masks")
+        if unlabelled is not None:
+            raise ValueError("zero-label training has no U-Net to pretrain: unlabelled images are not used")
         return _train_zero_label(prof, samples, plane, val_fraction, seed, dev, pixel_size, progress, t0)
     with _work_folder(work_dir) as (work, keep):
         check_work_dir(work, samples, {"profile": prof.to_dict(), "seed": seed, "val_fraction": val_fraction,
                                        "plane": plane, "use_masks_for_training": use_masks_for_training,
-                                       "classifier_from": str(classifier_from) if classifier_from else None},
+                                       "classifier_from": str(classifier_from) if classifier_from else None,
+                                       **({"unlabelled": str(unlabelled)} if unlabelled is not None else {})},
                        restart=restart)
         f = _read_fields(samples, plane, val_fraction, seed, progress, masks_train=use_masks_for_training)
         t1 = time.perf_counter()
@@ -531,6 +569,8 @@ def train(images=None, labels=None, *, clean=None, artifact=None, masks=None, pr
         pseudo, cam_info, saliency, cam_thr = _pseudo_mask_step(prof, cls, x_all, f, dev, work, keep, progress,
                                                                  seed=seed)
         t3 = time.perf_counter()
+        pre = _pretrain_step(prof, unet, unlabelled, f, seed, dev, work, plane, progress)
+        t3a = time.perf_counter()
         ufit = _unet_step(prof, unet, f, saliency, cam_thr, use_masks_for_training, seed, dev, work, progress)
         t4 = time.perf_counter()
         model = ArtifactModel(prof, cls, unet, thresholds={"classifier": cls_thr, "gate": gate}, device=dev,
@@ -539,9 +579,11 @@ def train(images=None, labels=None, *, clean=None, artifact=None, masks=None, pr
         calib = _calibrate(model, f)
         # step 5: QC thresholds from the clean training images
         model.quality_thresholds = fit_quality_thresholds([f.qscores[i] for i in f.tr if f.y[i] == 0])
-        seconds = {"classifier": round(t2 - t1, 1), "scorecam": round(t3 - t2, 1), "unet": round(t4 - t3, 1),
+        seconds = {"classifier": round(t2 - t1, 1), "scorecam": round(t3 - t2, 1), "pretrain": round(t3a - t3, 1),
+                   "unet": round(t4 - t3a, 1),
                    "total": round(time.perf_counter() - t0, 1)}
         model.summary = _summary(f, seed, dev, p_all, cfit, cam_info, ufit, calib, model.thresholds, seconds)
+        model.summary["pretrain"] = pre
     log.info("trained: %s", model.summary["calibration"])
     return model
 

@@ -347,3 +347,38 @@ def test_demo_training_table_names_the_pseudo_mask_route():
     assert "Score-CAM" not in ev
     cam = training_table({**base, "scorecam": {"mode": "fast", "threshold": 0.2, "threshold_source": "default"}}, {})
     assert "Score-CAM pseudo-masks" in cam and "mode fast" in cam
+
+
+def test_pretrain_once_per_plate_and_train_from_it(tmp_path):
+    """`artseg pretrain FOLDER -o FILE` pretrains the U-Net on unlabelled fields; `artseg train --unlabelled FILE`
+    starts from those weights (every layer but the head); --unlabelled FOLDER pretrains inline; a file that is not a
+    pretraining stops with its name."""
+    import torch
+
+    from artseg_core.predict.model import load_model
+    from artseg_core.training.pretrain import read_pretrained
+
+    unl = tmp_path / "unlabelled"
+    phantoms.make_plate(unl, rows=1, cols=3, fields=2, prevalence=0.5, seed=8, shape=(64, 64))
+    pre = tmp_path / "plate.pretrain.pt"
+    res = CliRunner().invoke(main, ["pretrain", str(unl / "images"), "-o", str(pre), "--profile", "tiny",
+                                    "--steps", "4", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "fields: 6 (0 unreadable skipped), steps: 4" in res.output
+    d = read_pretrained(pre)
+    _, res = _train_tiny(tmp_path, "--unlabelled", str(pre), "--unet-steps", "0")
+    assert "U-Net pretrained on 6 fields" in res.output and "reused" in res.output
+    m = load_model(tmp_path / "m.artseg", device="cpu")
+    assert m.summary["pretrain"]["reused"] is True
+    for k, v in m.unet.state_dict().items():  # no fine-tuning step: the pretrained layers as they were
+        assert torch.equal(v, d["state"][k]) != k.startswith("head."), k
+    # a folder: pretrained here, on the unlabelled and the training fields
+    _, res = _train_tiny(tmp_path, "--unlabelled", str(unl / "images"), "--work-dir", str(tmp_path / "w"))
+    m = load_model(tmp_path / "m.artseg", device="cpu")
+    assert m.summary["pretrain"]["reused"] is False and m.summary["pretrain"]["n_fields"] == 6 + 4
+    assert (tmp_path / "w" / "pretrained_unet.pt").is_file()
+    bad = tmp_path / "junk.pt"
+    bad.write_bytes(b"junk")
+    res = CliRunner().invoke(main, ["train", str(tmp_path / "plate" / "images"), "-o", str(tmp_path / "x.artseg"),
+                                    "--profile", "tiny", "--unlabelled", str(bad), "--epochs", "1", "--device", "cpu"])
+    assert res.exit_code != 0 and "junk.pt: not a pretrained U-Net file" in res.output

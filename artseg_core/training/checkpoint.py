@@ -225,3 +225,11 @@ def _looks_like_torch(path: Path) -> bool:
     with open(path, "rb") as fh:
         head = fh.read(4)
     return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+
+
+def restore_training(ck: dict, model, optimizer, scheduler, generator) -> None:
+    """Load a training checkpoint's network, optimiser, scheduler and random-generator states (in place)."""
+    model.load_state_dict(ck["model"])
+    optimizer.load_state_dict(ck["optimizer"])
+    scheduler.load_state_dict(ck["scheduler"])
+    generator.set_state(ck["generator"])

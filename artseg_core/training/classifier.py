@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from artseg_core.training.checkpoint import load_checkpoint, save_checkpoint
+from artseg_core.training.checkpoint import load_checkpoint, restore_training, save_checkpoint
 from artseg_core.training.augment import augment_classifier_batch
 from artseg_core.nets.accel import training_precision
 
@@ -93,10 +93,7 @@ def fit_classifier(model: torch.nn.Module, x_train: torch.Tensor, y_train: np.nd
     resumed_from = None
     ck = load_checkpoint(checkpoint)
     if ck is not None:
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        g.set_state(ck["generator"])
+        restore_training(ck, model, opt, sched, g)
         best_weights = ck["best_weights"]
         state = ck["state"]
         resumed_from = state["epoch"]

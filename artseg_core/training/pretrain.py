@@ -15,7 +15,6 @@ warning naming it. Seeded; checkpointed like the other trainings.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 
 from artseg_core.nets.accel import training_precision
-from artseg_core.training.checkpoint import load_checkpoint, save_checkpoint
+from artseg_core.training.unet import StepRecord, _crop, start_steps
 
 log = logging.getLogger("artseg.train")
 
@@ -128,8 +127,6 @@ class _Chunks:
 
 
 def _crops(fields: list[np.ndarray], n: int, tile: int, g: torch.Generator) -> torch.Tensor:
-    from artseg_core.training.unet import _crop
-
     out = []
     for _ in range(n):
         a = fields[int(torch.randint(0, len(fields), (1,), generator=g))]
@@ -156,31 +153,15 @@ def pretrain_unet(model: torch.nn.Module, paths: list[Path], cfg: PretrainConfig
     if getattr(model, "out_channels", 1) != 1:
         raise ValueError("pretraining restores a 1-channel image: the U-Net must have one output channel")
     t0 = time.perf_counter()
-    torch.manual_seed(cfg.seed)
-    g = torch.Generator().manual_seed(cfg.seed + 7)
-    model.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / max(cfg.steps, 1))))
-    step, history, resumed_from = 0, [], None
-    ck = load_checkpoint(checkpoint)
-    if ck is not None:
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        g.set_state(ck["generator"])
-        step, history, resumed_from = ck["step"], ck["history"], ck["step"]
-        log.info("pretraining: resuming from step %d (%s)", step, checkpoint)
+    g, opt, sched, step, history, resumed_from = start_steps(model, cfg.lr, cfg.steps, cfg.seed, 7, device,
+                                                            checkpoint, "pretraining")
     chunks = _Chunks(paths, cfg, g, plane)
     fields = chunks.next_chunk()
     per_chunk = max(1, -(-cfg.crops_per_field * len(fields) // cfg.batch_size))
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=cfg.steps, initial=step, desc="pretraining", unit="step")
+    record = StepRecord("pretraining", cfg.steps, step, history, checkpoint, cfg.checkpoint_every, progress)
     prec = training_precision(model, device, cfg.fast_math)
     model.train()
-    running, since_chunk, losses = 0.0, 0, []
+    since_chunk = 0
     while step < cfg.steps:
         if since_chunk >= per_chunk and len(paths) > len(fields):
             fields = chunks.next_chunk()
@@ -196,23 +177,8 @@ def pretrain_unet(model: torch.nn.Module, paths: list[Path], cfg: PretrainConfig
         sched.step()
         step += 1
         since_chunk += 1
-        lv = float(loss.detach())
-        running += lv
-        losses.append(lv)
-        if step % 10 == 0 or step == cfg.steps:
-            k = 10 if step % 10 == 0 else step % 10
-            history.append({"step": step, "loss": running / k})
-            log.info("pretraining step %d: loss %.4f", step, running / k)
-            running = 0.0
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{lv:.3f}")
-        if checkpoint is not None and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
-            save_checkpoint(checkpoint, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                         "scheduler": sched.state_dict(), "generator": g.get_state(),
-                                         "step": step, "history": history})
-    if bar is not None:
-        bar.close()
+        record.after(step, float(loss.detach()), model, opt, sched, g)
+    record.close()
     prec.restore()
     model.eval()
     tail = [h["loss"] for h in history[-max(1, len(history) // 10):]]

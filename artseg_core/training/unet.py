@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from artseg_core.training.checkpoint import load_checkpoint, save_checkpoint
+from artseg_core.training.checkpoint import load_checkpoint, restore_training, save_checkpoint
 from artseg_core.training.augment import augment_segmentation_batch
 from artseg_core.nets.accel import training_precision
 
@@ -87,6 +87,57 @@ def _paste_into(x: torch.Tensor, y: torch.Tensor, clean: np.ndarray, fraction: f
         y[i, 0] = torch.from_numpy(m.astype(np.float32))
 
 
+def start_steps(model: torch.nn.Module, lr: float, steps: int, seed: int, stream: int, device, checkpoint,
+                what: str):
+    """Seeded start of a step-based training: Adam with a cosine decay of its learning rate from ``lr`` to 5 % of
+    it over ``steps`` steps, and the batch generator (seed ``seed + stream``); resumed from ``checkpoint`` when
+    there is one. Returns ``(generator, optimizer, scheduler, step, history, resumed_from)``."""
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed + stream)
+    model.to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(steps, 1))))
+    ck = load_checkpoint(checkpoint)
+    if ck is None:
+        return g, opt, sched, 0, [], None
+    restore_training(ck, model, opt, sched, g)
+    log.info("%s: resuming from step %d (%s)", what, ck["step"], checkpoint)
+    return g, opt, sched, ck["step"], ck["history"], ck["step"]
+
+
+class StepRecord:
+    """The record of a step-based training: mean loss every 10 steps (``history``, logged), an optional progress
+    bar, and a checkpoint every ``every`` steps and at the last one."""
+
+    def __init__(self, what: str, steps: int, step: int, history: list, checkpoint, every: int, progress: bool):
+        self.what, self.steps, self.history, self.checkpoint, self.every = what, steps, history, checkpoint, every
+        self.running, self.bar = 0.0, None
+        if progress:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=steps, initial=step, desc=what, unit="step")
+
+    def after(self, step: int, loss: float, model, opt, sched, g) -> None:
+        """Record step ``step`` (1-based) and its loss; write the checkpoint when due."""
+        self.running += loss
+        if step % 10 == 0 or step == self.steps:
+            k = 10 if step % 10 == 0 else step % 10
+            self.history.append({"step": step, "loss": self.running / k, "lr": opt.param_groups[0]["lr"]})
+            log.info("%s step %d: loss %.4f", self.what, step, self.running / k)
+            self.running = 0.0
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{loss:.3f}")
+        if self.checkpoint is not None and (step % self.every == 0 or step == self.steps):
+            save_checkpoint(self.checkpoint, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                              "scheduler": sched.state_dict(), "generator": g.get_state(),
+                                              "step": step, "history": self.history})
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def dice_bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Binary cross-entropy plus (1 - soft Dice) computed over the whole batch; pixels whose target is
     :data:`IGNORE` count in neither term (a batch without any such pixel gives the plain loss)."""
@@ -139,22 +190,8 @@ def fit_unet(model: torch.nn.Module, images: list[np.ndarray], masks: list[np.nd
     for a, m in zip(images, masks):
         if a.shape != m.shape:
             raise ValueError(f"image and mask shapes differ: {a.shape} vs {m.shape}")
-    torch.manual_seed(cfg.seed)
-    g = torch.Generator().manual_seed(cfg.seed + 1)
-    model.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / max(cfg.steps, 1))))
-    step, history, resumed_from = 0, [], None
-    ck = load_checkpoint(checkpoint)
-    if ck is not None:
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        g.set_state(ck["generator"])
-        step, history = ck["step"], ck["history"]
-        resumed_from = step
-        log.info("U-Net: resuming from step %d (%s)", step, checkpoint)
+    g, opt, sched, step, history, resumed_from = start_steps(model, cfg.lr, cfg.steps, cfg.seed, 1, device,
+                                                            checkpoint, "U-Net")
     fg_coords = []
     for m in masks:
         fg = m == 1 if m.dtype != bool else m
@@ -168,13 +205,9 @@ def fit_unet(model: torch.nn.Module, images: list[np.ndarray], masks: list[np.nd
     clean_a = None if clean is None or cfg.paste_fraction <= 0 else np.asarray(clean, bool)
     if clean_a is not None and len(clean_a) != len(images):
         raise ValueError("clean must have one entry per image")
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=cfg.steps, initial=step, desc="U-Net", unit="step")
+    record = StepRecord("U-Net", cfg.steps, step, history, checkpoint, cfg.checkpoint_every, progress)
     prec = training_precision(model, device, cfg.fast_math)
     model.train()
-    running = 0.0
     while step < cfg.steps:
         if hand_a is None:
             idx = torch.randint(0, len(images), (cfg.batch_size,), generator=g)
@@ -199,23 +232,10 @@ def fit_unet(model: torch.nn.Module, images: list[np.ndarray], masks: list[np.nd
         opt.step()
         sched.step()
         step += 1
-        running += float(loss.detach())
-        if step % 10 == 0 or step == cfg.steps:
-            k = 10 if step % 10 == 0 else step % 10
-            history.append({"step": step, "loss": running / k, "lr": opt.param_groups[0]["lr"]})
-            log.info("U-Net step %d: loss %.4f", step, running / k)
-            running = 0.0
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-        if checkpoint is not None and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
-            save_checkpoint(checkpoint, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                         "scheduler": sched.state_dict(),
-                                         "generator": g.get_state(), "step": step, "history": history})
+        record.after(step, float(loss.detach()), model, opt, sched, g)
         if on_step is not None:
             on_step(step, float(loss.detach()))
-    if bar is not None:
-        bar.close()
+    record.close()
     prec.restore()
     model.eval()
     return {"history": history, "steps_run": step, "resumed_from": resumed_from}

@@ -380,26 +380,37 @@ def _unet_step(prof, unet, f: _Fields, saliency, cam_thr, use_masks_for_training
     return ufit
 
 
-def _pretrain_step(prof, unet, unlabelled, f: _Fields, seed, dev, work, plane, progress) -> dict | None:
+def _pretrained_file(prof, unlabelled) -> dict | None:
+    """The pretraining file given as ``unlabelled`` (checked against the profile's U-Net before any training), or
+    None when ``unlabelled`` is None or a folder."""
+    from artseg_core.training.pretrain import check_pretrained, read_pretrained
+
+    if unlabelled is None or Path(unlabelled).is_dir():
+        return None
+    src = Path(unlabelled)
+    if not src.is_file():
+        raise ValueError(f"{src}: unlabelled must be a folder of images or a file written by 'artseg pretrain'")
+    d = read_pretrained(src)
+    check_pretrained(ArtifactModel.build_unet(prof), d, str(src))
+    return d
+
+
+def _pretrain_step(prof, unet, unlabelled, pretrained, f: _Fields, seed, dev, work, plane, progress) -> dict | None:
     """Step 3a (optional): the U-Net starts from weights pretrained by masked-region inpainting
-    (:mod:`artseg_core.training.pretrain`): read from a file written by ``artseg pretrain``, or learned here from a
-    folder of unlabelled fields plus the training fields (the weights are kept in ``work`` as
-    ``pretrained_unet.pt``)."""
+    (:mod:`artseg_core.training.pretrain`): ``pretrained`` (read by :func:`_pretrained_file` from a file written by
+    ``artseg pretrain``), or learned here from the folder ``unlabelled`` plus the training fields (the weights are
+    kept in ``work`` as ``pretrained_unet.pt``)."""
     from artseg_core.io.images import list_images
-    from artseg_core.training.pretrain import (load_pretrained, pretrain_config, pretrain_unet, read_pretrained,
-                                               save_pretrained)
+    from artseg_core.training.pretrain import load_pretrained, pretrain_config, pretrain_unet, save_pretrained
 
     if unlabelled is None:
         return None
     src = Path(unlabelled)
-    if src.is_file():
-        d = read_pretrained(src)
-        load_pretrained(unet, d, str(src))
-        log.info("U-Net: starting from %s (pretrained on %s fields)", src, d["info"].get("n_fields"))
-        return {"source": str(src), "reused": True, **{k: d["info"].get(k) for k in ("n_fields", "steps_run",
-                                                                                      "final_loss", "seconds")}}
-    if not src.is_dir():
-        raise ValueError(f"{src}: unlabelled must be a folder of images or a file written by 'artseg pretrain'")
+    if pretrained is not None:
+        load_pretrained(unet, pretrained, str(src))
+        log.info("U-Net: starting from %s (pretrained on %s fields)", src, pretrained["info"].get("n_fields"))
+        return {"source": str(src), "reused": True,
+                **{k: pretrained["info"].get(k) for k in ("n_fields", "steps_run", "final_loss", "seconds")}}
     paths = sorted(set(list_images([src], recursive=True)) | {s.path for s in f.samples})
     cfg = pretrain_config(prof, seed)
     info = pretrain_unet(unet, paths, cfg, device=dev, checkpoint=work / "pretrain.ckpt", progress=progress,
@@ -547,6 +558,7 @@ def train(images=None, labels=None, *, clean=None, artifact=None, masks=None, pr
     set_threads()
     zero_label = clean is not None and images is None and labels is None and artifact is None
     samples = load_labeled_set(images, labels, clean=clean, artifact=artifact, masks=masks, clean_only=zero_label)
+    pretrained = None if zero_label else _pretrained_file(prof, unlabelled)
     if zero_label:
         if masks is not None:
             raise ValueError("zero-label training (clean images only) takes no masks")
@@ -569,7 +581,7 @@ def train(images=None, labels=None, *, clean=None, artifact=None, masks=None, pr
         pseudo, cam_info, saliency, cam_thr = _pseudo_mask_step(prof, cls, x_all, f, dev, work, keep, progress,
                                                                  seed=seed)
         t3 = time.perf_counter()
-        pre = _pretrain_step(prof, unet, unlabelled, f, seed, dev, work, plane, progress)
+        pre = _pretrain_step(prof, unet, unlabelled, pretrained, f, seed, dev, work, plane, progress)
         t3a = time.perf_counter()
         ufit = _unet_step(prof, unet, f, saliency, cam_thr, use_masks_for_training, seed, dev, work, progress)
         t4 = time.perf_counter()

@@ -216,13 +216,18 @@ def read_pretrained(path: Path) -> dict:
     return d
 
 
-def load_pretrained(model: torch.nn.Module, pretrained: dict, source: str = "pretrained weights") -> None:
-    """Copy pretrained weights into ``model`` for fine-tuning: every layer but the 1x1 head (which restored the
-    image and now starts afresh). The network configurations must match."""
+def check_pretrained(model: torch.nn.Module, pretrained: dict, source: str = "pretrained weights") -> None:
+    """ValueError naming ``source`` unless ``pretrained`` was made for a U-Net configured as ``model``."""
     cfg = model.config()
     if pretrained["unet_config"] != cfg:
         raise ValueError(f"{source}: pretrained for a U-Net {pretrained['unet_config']}, this profile's is {cfg}; "
                          "pretrain again with the same profile")
+
+
+def load_pretrained(model: torch.nn.Module, pretrained: dict, source: str = "pretrained weights") -> None:
+    """Copy pretrained weights into ``model`` for fine-tuning: every layer but the 1x1 head (which restored the
+    image and now starts afresh). The network configurations must match (:func:`check_pretrained`)."""
+    check_pretrained(model, pretrained, source)
     state = {k: v for k, v in pretrained["state"].items() if not k.startswith("head.")}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or any(not k.startswith("head.") for k in missing):

@@ -382,3 +382,8 @@ def test_pretrain_once_per_plate_and_train_from_it(tmp_path):
     res = CliRunner().invoke(main, ["train", str(tmp_path / "plate" / "images"), "-o", str(tmp_path / "x.artseg"),
                                     "--profile", "tiny", "--unlabelled", str(bad), "--epochs", "1", "--device", "cpu"])
     assert res.exit_code != 0 and "junk.pt: not a pretrained U-Net file" in res.output
+    # pretrained for another profile's U-Net: refused before the classifier trains
+    res = CliRunner().invoke(main, ["train", str(tmp_path / "plate" / "images"), "-o", str(tmp_path / "x.artseg"),
+                                    "--profile", "fast", "--unlabelled", str(pre), "--device", "cpu"])
+    assert res.exit_code != 0 and "pretrain again with the same profile" in res.output
+    assert "classifier" not in res.output.lower()

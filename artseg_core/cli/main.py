@@ -140,7 +140,8 @@ def train(images, labels, clean, artifact, masks, out, profile, cam_mode, edge_r
               help="Checkpoint here; re-running with the same folder resumes.")
 @click.option("-v", "--verbose", count=True)
 def pretrain(folders, out, profile, steps, seed, device, plane, work_dir, verbose):
-    """Pretrain the U-Net on all fields of a plate, labelled or not (FOLDERS, searched recursively), once per plate.
+    """Pretrain the U-Net on all fields of a plate, labelled or not (FOLDERS, searched recursively: brightfield
+    fields only, no folders of masks or other channels), once per plate.
 
     The network learns to restore hidden regions of the fields (masked-region inpainting); 'artseg train
     --unlabelled FILE' then starts from these weights."""

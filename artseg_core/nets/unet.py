@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ArtSegUNet", "paper_unet", "count_conv_layers", "conv_macs"]
+__all__ = ["ArtSegUNet", "init_conv", "paper_unet", "count_conv_layers", "conv_macs"]
 
 
 def _conv_block(cin: int, cout: int, n: int) -> nn.Sequential:
@@ -29,6 +29,12 @@ def _conv_block(cin: int, cout: int, n: int) -> nn.Sequential:
     for i in range(n):
         mods += [nn.Conv2d(cin if i == 0 else cout, cout, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
     return nn.Sequential(*mods)
+
+
+def init_conv(conv: nn.Conv2d) -> None:
+    """The U-Net's initialisation of a convolution: Kaiming-normal weights (ReLU gain), zero bias."""
+    nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+    nn.init.zeros_(conv.bias)
 
 
 class ArtSegUNet(nn.Module):
@@ -73,8 +79,7 @@ class ArtSegUNet(nn.Module):
         self.head = nn.Conv2d(w, out_channels, kernel_size=1)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-                nn.init.zeros_(m.bias)
+                init_conv(m)
 
     @property
     def divisor(self) -> int:

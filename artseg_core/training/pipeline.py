@@ -401,7 +401,8 @@ def _pretrain_step(prof, unet, unlabelled, pretrained, f: _Fields, seed, dev, wo
     ``artseg pretrain``), or learned here from the folder ``unlabelled`` plus the training fields (the weights are
     kept in ``work`` as ``pretrained_unet.pt``)."""
     from artseg_core.io.images import list_images
-    from artseg_core.training.pretrain import load_pretrained, pretrain_config, pretrain_unet, save_pretrained
+    from artseg_core.training.pretrain import (load_pretrained, pretrain_config, pretrain_unet, reset_head,
+                                               save_pretrained)
 
     if unlabelled is None:
         return None
@@ -416,7 +417,7 @@ def _pretrain_step(prof, unet, unlabelled, pretrained, f: _Fields, seed, dev, wo
     info = pretrain_unet(unet, paths, cfg, device=dev, checkpoint=work / "pretrain.ckpt", progress=progress,
                          plane=plane)
     save_pretrained(work / "pretrained_unet.pt", unet, cfg, info)
-    load_pretrained(unet, {"unet_config": unet.config(), "state": unet.state_dict()}, str(src))
+    reset_head(unet)
     return {"source": str(src), "reused": False,
             **{k: info[k] for k in ("n_fields", "steps_run", "final_loss", "seconds", "skipped")}}
 

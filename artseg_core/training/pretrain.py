@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from artseg_core.nets.accel import training_precision
+from artseg_core.nets.unet import init_conv
 from artseg_core.training.unet import StepRecord, _crop, start_steps
 
 log = logging.getLogger("artseg.train")
@@ -93,8 +94,12 @@ class _Chunks:
         self.paths, self.cfg, self.g, self.plane = list(paths), cfg, g, plane
         self.skipped: list[str] = []
         self.bad: set[int] = set()
-        self.fields: list[np.ndarray] = []
         self.order: list[int] = []
+
+    @property
+    def readable(self) -> int:
+        """Files not (yet) found unreadable."""
+        return len(self.paths) - len(self.bad)
 
     def next_chunk(self) -> list[np.ndarray]:
         from artseg_core.imgproc.normalize import normalize
@@ -118,11 +123,10 @@ class _Chunks:
                 continue
             fields.append(a)
             pixels += a.size
-            if len(fields) >= len(self.paths) - len(self.bad):
+            if len(fields) >= self.readable:
                 break
         if not fields:
             raise ValueError("pretraining: none of the unlabelled images could be read")
-        self.fields = fields
         return fields
 
 
@@ -163,7 +167,7 @@ def pretrain_unet(model: torch.nn.Module, paths: list[Path], cfg: PretrainConfig
     model.train()
     since_chunk = 0
     while step < cfg.steps:
-        if since_chunk >= per_chunk and len(paths) > len(fields):
+        if since_chunk >= per_chunk and chunks.readable > len(fields):  # else every readable field is in memory
             fields = chunks.next_chunk()
             since_chunk = 0
         target = _crops(fields, cfg.batch_size, cfg.tile, g)
@@ -183,7 +187,7 @@ def pretrain_unet(model: torch.nn.Module, paths: list[Path], cfg: PretrainConfig
     model.eval()
     tail = [h["loss"] for h in history[-max(1, len(history) // 10):]]
     return {"history": history, "steps_run": step, "resumed_from": resumed_from,
-            "n_fields": len(paths) - len(chunks.bad), "skipped": chunks.skipped,
+            "n_fields": chunks.readable, "skipped": chunks.skipped,
             "final_loss": float(np.mean(tail)) if tail else None, "seconds": round(time.perf_counter() - t0, 1)}
 
 
@@ -232,5 +236,10 @@ def load_pretrained(model: torch.nn.Module, pretrained: dict, source: str = "pre
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or any(not k.startswith("head.") for k in missing):
         raise ValueError(f"{source}: weights do not fit the U-Net (missing {missing}, unexpected {unexpected})")
-    torch.nn.init.kaiming_normal_(model.head.weight, nonlinearity="relu")
-    torch.nn.init.zeros_(model.head.bias)
+    reset_head(model)
+
+
+def reset_head(model: torch.nn.Module) -> None:
+    """Start the U-Net's 1x1 head afresh (as the network initialises it): after pretraining it restored images;
+    fine-tuning teaches it artifact logits."""
+    init_conv(model.head)

@@ -24,7 +24,9 @@
 The learned variants with the average-pooling head share one classifier (same seed, trained once, or taken from
 ``--classifier-from``), so they differ only in their U-Net targets. Pixel IoU is the mean over the test plate's
 artifact images; image F1 is the classifier's on the test plate; ``local_iou_by_kind`` scores each true object in a
-window around it, per artifact kind (which kinds weak supervision reaches). Prints one final JSON line. ``--train-
+window around it, per artifact kind (which kinds weak supervision reaches); ``image_recall_by_kind`` is the share of
+test fields holding a kind that were flagged, and ``classifier_train_accuracy`` how well the classifier fits its own
+training fields. Prints one final JSON line. ``--train-
 fields`` asks how the numbers move with the size of the labelled plate (the classifier is short of data at 200
 fields). ``clean_empty`` is the fraction of clean test fields with no predicted pixel. ``--backgrounds DIR`` builds
 both plates from real transmitted-light images (``bench/real_plate.py``: crops of regions without real artifacts,
@@ -105,10 +107,22 @@ def score_model(model, imgs, truth, labels, types=None) -> dict:
         fl.append(float(r.flagged))
     rep = evaluate_arrays(preds, truth, types=types)
     im = image_metrics(ys, fl, threshold=0.5)
-    return {"iou": rep["pixel_artifact_images"]["mean_iou"], "pooled_iou": rep["pixel_artifact_images"]["pooled_iou"],
+    flagged = dict(zip(imgs, fl))
+    return {"image_recall_by_kind": _kind_recall(flagged, types) if types else {},
+            "iou": rep["pixel_artifact_images"]["mean_iou"], "pooled_iou": rep["pixel_artifact_images"]["pooled_iou"],
             "object_f1": rep["object"]["f1"], "image_f1": im["f1"], "image_precision": im["precision"],
             "image_recall": im["recall"], "image_roc_auc": roc_auc(ys, ps), "clean_empty": clean_empty(preds, labels),
             **_kind_iou(rep)}
+
+
+def _kind_recall(flagged: dict, types: dict) -> dict:
+    """Per artifact kind: share of the test fields holding that kind that were flagged (which kinds the image-level
+    decision misses; a field with several kinds counts for each)."""
+    fields: dict[str, set] = {}
+    for (stem, _obj), kind in types.items():
+        fields.setdefault(kind, set()).add(stem)
+    return {k: round(float(np.mean([flagged[s] for s in sorted(v) if s in flagged])), 3)
+            for k, v in sorted(fields.items()) if any(s in flagged for s in v)}
 
 
 def _kind_iou(rep: dict) -> dict:
@@ -234,7 +248,7 @@ def main(argv=None) -> dict:
         make_plate(trp, **tr_shape, prevalence=0.5, seed=a.seed, shape=(size, size), plate="train")
         make_plate(tep, **te_shape, prevalence=0.5, seed=a.seed + 1000, shape=(size, size), plate="test")
     imgs, truth, labels, types = test_set(tep)
-    results, seconds, pretrain_s = {}, {}, {}
+    results, seconds, pretrain_s, cls_train_acc = {}, {}, {}, {}
     paper_route = dict(cam_source="scorecam", edge_refine=True, pseudo_ignore=0.0)
     catalogue = {"weak": dict(EVIDENCE), "weak_evidence": dict(EVIDENCE), "weak_paper": paper_route,
                  "weak_edge": paper_route, "weak_cam": dict(paper_route, edge_refine=False), "weak_mil": dict(MIL),
@@ -273,6 +287,9 @@ def main(argv=None) -> dict:
             pretrain_s[name] = model.summary["seconds"]["pretrain"]
             seconds[name] = round(seconds[name] - pretrain_s[name], 1)
         model.save(out / f"{name}.artseg")
+        fit = ((model.summary.get("classifier") or {}).get("train_metrics") or {}).get("accuracy")
+        if fit is not None:
+            cls_train_acc[name] = round(fit, 3)
         if not model.zero_label:
             shared.setdefault(cls_key, out / f"{name}.artseg")
         results[name] = score_model(load_model(out / f"{name}.artseg"), imgs, truth, labels, types)
@@ -282,7 +299,8 @@ def main(argv=None) -> dict:
     results["baseline"] = {"iou": base["pixel_artifact_images"]["mean_iou"],
                            "pooled_iou": base["pixel_artifact_images"]["pooled_iou"], "object_f1": base["object"]["f1"],
                            "clean_empty": clean_empty(base_preds, labels), **_kind_iou(base)}
-    r4 = {v: {k: (round(x, 4) if isinstance(x, float) else x) for k, x in r.items() if k != "local_iou_by_kind"}
+    r4 = {v: {k: (round(x, 4) if isinstance(x, float) else x) for k, x in r.items()
+              if k not in ("local_iou_by_kind", "image_recall_by_kind")}
           for v, r in results.items()}
     weak_best = results["weak"]["iou"] if "weak" in results else None
     line = {
@@ -297,9 +315,11 @@ def main(argv=None) -> dict:
         "image_f1": r4[names[0]]["image_f1"], "image_roc_auc": r4[names[0]]["image_roc_auc"],
         "weak_over_strong": (round(weak_best / max(results["strong"]["iou"], 1e-9), 3)
                              if weak_best is not None and "strong" in results else None),
-        "train_s": seconds, "pretrain_s": pretrain_s,
+        "train_s": seconds, "pretrain_s": pretrain_s, "classifier_train_accuracy": cls_train_acc,
         "local_iou_by_kind": {k: {v: results[v]["local_iou_by_kind"].get(k) for v in results}
                               for k in sorted(set().union(*(r["local_iou_by_kind"] for r in results.values())))},
+        "image_recall_by_kind": {v: results[v]["image_recall_by_kind"] for v in results
+                                 if results[v].get("image_recall_by_kind")},
         "details": results, "seconds": {**seconds, "total": round(time.perf_counter() - t0, 1)},
     }
     print(json.dumps(line))

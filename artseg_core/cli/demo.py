@@ -133,6 +133,8 @@ def metrics_tables(report: dict) -> str:
 
 def training_table(summary: dict, seconds: dict) -> str:
     """The training summary as a readable two-column table (no raw JSON)."""
+    from artseg_core.training.pipeline import classifier_fit_text
+
     cal = summary.get("calibration") or {}
     cls = summary.get("classifier") or {}
     cam = summary.get("scorecam") or {}
@@ -144,6 +146,7 @@ def training_table(summary: dict, seconds: dict) -> str:
                             f"{summary.get('n_val', '?')} to validate; pixel masks used: {summary.get('n_masks', 0)}"],
         ["classifier", f"{cls.get('epochs_run', '?')} epochs (best {cls.get('best_epoch', '?')}); validation "
                        + ", ".join(f"{k} {v:.3f}" for k, v in vm.items() if isinstance(v, float))],
+        ["classifier fit", classifier_fit_text(cls)],
         (["pseudo-masks from the clean fields",
           f"evidence map threshold {cam.get('threshold', float('nan')):.3f} ({cam.get('threshold_source', '')}); "
           f"candidate objects kept above {_cell(cam.get('object_threshold'))} "

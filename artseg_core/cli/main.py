@@ -86,7 +86,7 @@ def train(images, labels, clean, artifact, masks, out, profile, cam_mode, edge_r
     --clean DIR alone (no artifact images at all) trains a zero-label model: it learns what the clean fields look
     like and flags and masks whatever does not."""
     from artseg_core.io.labels import LabelFileError
-    from artseg_core.training.pipeline import train as train_fn
+    from artseg_core.training.pipeline import classifier_fit_text, train as train_fn
 
     _setup_logging(verbose, (work_dir / "train.log") if work_dir else None)
     if images is not None and labels is None:
@@ -113,6 +113,7 @@ def train(images, labels, clean, artifact, masks, out, profile, cam_mode, edge_r
         click.echo(f"  zero-label model (clean fields only): {json.dumps(s['calibration'])}")
     else:
         click.echo(f"  validation classifier: {json.dumps(s['classifier']['val_metrics'])}")
+        click.echo(f"  {classifier_fit_text(s['classifier'])}")
     click.echo(f"  thresholds: {json.dumps(model.thresholds)}")
     px = (f"{model.pixel_size:g} um (recorded in the model)" if model.pixel_size
           else "unknown (give --pixel-size to record it)")

@@ -42,6 +42,8 @@ UNET_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 #: (evidence map 0.9, U-Net 0.7, minimum size 256 px), IoU 0.15 instead of 0.23 on real backgrounds
 MIN_MASKS_FOR_VALIDATION = 10
 MIN_SIZES = (0, 16, 32, 64, 128, 256)
+#: below this accuracy on its own training fields the classifier is said not to fit them (see classifier_fit_text)
+FIT_ACCURACY = 0.9
 
 
 def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -450,15 +452,21 @@ def _calibrate(model, f: _Fields) -> dict:
 
 def _summary(f: _Fields, seed, dev, p_all, cfit, cam_info, ufit, calib, thresholds, seconds) -> dict:
     y, va = f.y, f.va
-    vm = image_metrics(y[va], p_all[va], threshold=thresholds["classifier"]) \
-        if len(va) and y[va].min() != y[va].max() else {}
+
+    def metrics(idx) -> dict:  # at the calibrated threshold; empty where the split has one class only
+        if not len(idx) or y[idx].min() == y[idx].max():
+            return {}
+        m = image_metrics(y[idx], p_all[idx], threshold=thresholds["classifier"])
+        return {k: (float(v) if isinstance(v, (int, float, np.floating, np.integer)) else v) for k, v in m.items()}
+
     return {
         "n_images": int(len(y)), "n_artifact": int(y.sum()), "n_clean": int(len(y) - y.sum()),
         "n_train": int(len(f.tr)), "n_val": int(len(va)), "n_masks": len(f.true_masks), "skipped": f.skipped,
         "seed": seed, "device": dev,
         "classifier": {"epochs_run": cfit["epochs_run"], "best_epoch": cfit["best_epoch"],
-                       "val_metrics": {k: (float(v) if isinstance(v, (int, float, np.floating, np.integer)) else v)
-                                       for k, v in vm.items()}},
+                       # how well it fits its own training fields (a classifier that does not fit them misses
+                       # those kinds of artifact on new fields too), and the held-out validation fields
+                       "train_metrics": metrics(f.tr), "val_metrics": metrics(va)},
         "scorecam": cam_info,
         "unet": {"steps_run": ufit["steps_run"], "hand_masked_fields": ufit.get("hand_masked_fields", 0),
                  "synthetic_artifacts": ufit.get("paste"),
@@ -498,6 +506,21 @@ def _train_zero_label(prof, samples, plane, val_fraction, seed, dev, pixel_size,
     }
     log.info("trained (zero-label): %s", model.summary["calibration"])
     return model
+
+
+def classifier_fit_text(classifier_summary: dict) -> str:
+    """One line for the user on how well the classifier fits its own training fields (``train_metrics`` of a
+    model's summary), with a warning below :data:`FIT_ACCURACY`: artifacts like the ones it misses there are missed
+    on new fields too, and a missed field gets no mask at all."""
+    m = classifier_summary.get("train_metrics") or {}
+    if "accuracy" not in m:
+        return "classifier on its training fields: not recorded in this model file (an older one)"
+    text = (f"classifier on its training fields: accuracy {m['accuracy']:.2f}, artifact fields flagged "
+            f"{m['recall']:.2f}, clean fields flagged {m['fp'] / max(m['fp'] + m['tn'], 1):.2f}")
+    if m["accuracy"] < FIT_ACCURACY:
+        text += (" - it does not fit them well: artifacts like those it misses there (often small or faint ones) "
+                 "will go unflagged and unmasked on new fields; more labelled fields with such artifacts help")
+    return text
 
 
 def train(images=None, labels=None, *, clean=None, artifact=None, masks=None, profile="fast",
@@ -601,4 +624,4 @@ def train(images=None, labels=None, *, clean=None, artifact=None, masks=None, pr
     return model
 
 
-__all__ = ["train", "stratified_split", "best_classifier_threshold", "Sample"]
+__all__ = ["train", "stratified_split", "best_classifier_threshold", "classifier_fit_text", "Sample"]

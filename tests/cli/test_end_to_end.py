@@ -347,6 +347,22 @@ def test_demo_training_table_names_the_pseudo_mask_route():
     assert "Score-CAM" not in ev
     cam = training_table({**base, "scorecam": {"mode": "fast", "threshold": 0.2, "threshold_source": "default"}}, {})
     assert "Score-CAM pseudo-masks" in cam and "mode fast" in cam
+    assert "classifier fit" in cam and "not recorded in this model file" in cam  # a summary without train_metrics
+
+
+def test_classifier_fit_text_warns_when_the_training_fields_are_not_fitted():
+    from artseg_core.training.pipeline import FIT_ACCURACY, classifier_fit_text
+
+    def text(acc, tp, fn, fp, tn):
+        return classifier_fit_text({"train_metrics": {"accuracy": acc, "recall": tp / (tp + fn), "tp": tp, "fn": fn,
+                                                      "fp": fp, "tn": tn}})
+
+    poor = text(0.65, 40, 40, 16, 64)
+    assert "accuracy 0.65, artifact fields flagged 0.50, clean fields flagged 0.20" in poor
+    assert "does not fit them well" in poor and "unflagged and unmasked" in poor
+    good = text(0.95, 76, 4, 4, 76)
+    assert "accuracy 0.95" in good and "does not fit" not in good
+    assert FIT_ACCURACY > 0.65
 
 
 def test_pretrain_once_per_plate_and_train_from_it(tmp_path):

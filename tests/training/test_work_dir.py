@@ -51,6 +51,11 @@ def test_reused_work_dir_refuses_other_data_and_restart_trains_from_scratch(tmp_
     assert r.exit_code == 0, r.output
     s = _summary(tmp_path / "b.artseg")
     assert s["classifier"]["epochs_run"] == 2 and s["unet"]["steps_run"] == 4 and s["n_images"] == 6
+    # how well the classifier fits its own training fields is recorded and told to the user
+    fit = s["classifier"]["train_metrics"]
+    assert fit["n"] == s["n_train"] == fit["tp"] + fit["fn"] + fit["fp"] + fit["tn"]
+    assert fit["accuracy"] == pytest.approx((fit["tp"] + fit["tn"]) / fit["n"])
+    assert f"classifier on its training fields: accuracy {fit['accuracy']:.2f}" in r.output
     # the same data again resumes (nothing left to do), as before
     r = _train(b, tmp_path / "b2.artseg", work)
     assert r.exit_code == 0, r.output

@@ -42,7 +42,8 @@ UNET_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 #: (evidence map 0.9, U-Net 0.7, minimum size 256 px), IoU 0.15 instead of 0.23 on real backgrounds
 MIN_MASKS_FOR_VALIDATION = 10
 MIN_SIZES = (0, 16, 32, 64, 128, 256)
-#: below this accuracy on its own training fields the classifier is said not to fit them (see classifier_fit_text)
+#: below this share of its artifact (or clean) training fields flagged (or left unflagged) the classifier is said
+#: not to fit them (see classifier_fit_text)
 FIT_ACCURACY = 0.9
 
 
@@ -510,16 +511,23 @@ def _train_zero_label(prof, samples, plane, val_fraction, seed, dev, pixel_size,
 
 def classifier_fit_text(classifier_summary: dict) -> str:
     """One line for the user on how well the classifier fits its own training fields (``train_metrics`` of a
-    model's summary), with a warning below :data:`FIT_ACCURACY`: artifacts like the ones it misses there are missed
-    on new fields too, and a missed field gets no mask at all."""
+    model's summary). It warns when fewer than :data:`FIT_ACCURACY` of the artifact fields are flagged (a field it
+    does not flag gets no mask, so artifacts like those go unmasked on new fields too) or of the clean fields are
+    left unflagged (false alarms on clean fields)."""
     m = classifier_summary.get("train_metrics") or {}
     if "accuracy" not in m:
         return "classifier on its training fields: not recorded in this model file (an older one)"
+    clean_flagged = m["fp"] / max(m["fp"] + m["tn"], 1)
     text = (f"classifier on its training fields: accuracy {m['accuracy']:.2f}, artifact fields flagged "
-            f"{m['recall']:.2f}, clean fields flagged {m['fp'] / max(m['fp'] + m['tn'], 1):.2f}")
-    if m["accuracy"] < FIT_ACCURACY:
-        text += (" - it does not fit them well: artifacts like those it misses there (often small or faint ones) "
-                 "will go unflagged and unmasked on new fields; more labelled fields with such artifacts help")
+            f"{m['recall']:.2f}, clean fields flagged {clean_flagged:.2f}")
+    issues = []
+    if m["recall"] < FIT_ACCURACY:
+        issues.append("artifacts like the ones it misses there (often small or faint) will go unflagged and "
+                      "unmasked on new fields")
+    if clean_flagged > 1 - FIT_ACCURACY + 1e-9:
+        issues.append("expect clean fields flagged (and masked) on new plates too")
+    if issues:
+        text += f" - it does not fit them well: {'; '.join(issues)}. More labelled fields help"
     return text
 
 

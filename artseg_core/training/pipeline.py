@@ -527,7 +527,7 @@ def classifier_fit_text(classifier_summary: dict) -> str:
     if clean_flagged > 1 - FIT_ACCURACY + 1e-9:
         issues.append("expect clean fields flagged (and masked) on new plates too")
     if issues:
-        text += f" - it does not fit them well: {'; '.join(issues)}. More labelled fields help"
+        text += f" - it does not fit them well: {'; '.join(issues)}. More labelled fields may help"
     return text
 
 

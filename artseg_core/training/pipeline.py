@@ -517,14 +517,14 @@ def classifier_fit_text(classifier_summary: dict) -> str:
     m = classifier_summary.get("train_metrics") or {}
     if "accuracy" not in m:
         return "classifier on its training fields: not recorded in this model file (an older one)"
-    clean_flagged = m["fp"] / max(m["fp"] + m["tn"], 1)
+    clean_left = m["tn"] / max(m["fp"] + m["tn"], 1)  # share of clean fields left unflagged
     text = (f"classifier on its training fields: accuracy {m['accuracy']:.2f}, artifact fields flagged "
-            f"{m['recall']:.2f}, clean fields flagged {clean_flagged:.2f}")
+            f"{m['recall']:.2f}, clean fields flagged {1 - clean_left:.2f}")
     issues = []
     if m["recall"] < FIT_ACCURACY:
         issues.append("artifacts like the ones it misses there (often small or faint) will go unflagged and "
                       "unmasked on new fields")
-    if clean_flagged > 1 - FIT_ACCURACY + 1e-9:
+    if clean_left < FIT_ACCURACY:
         issues.append("expect clean fields flagged (and masked) on new plates too")
     if issues:
         text += f" - it does not fit them well: {'; '.join(issues)}. More labelled fields may help"

@@ -37,13 +37,17 @@ def pixel_features(image: np.ndarray) -> np.ndarray:
     x = x - np.float32(np.median(x))
     out = np.empty((N_FEATURES,) + x.shape, np.float32)
     k = 0
+    f1 = ndi.gaussian_filter1d
     for s in SCALES:
-        g = ndi.gaussian_filter(x, s, mode="reflect")
-        gx = ndi.gaussian_filter(x, s, order=(0, 1), mode="reflect")
-        gy = ndi.gaussian_filter(x, s, order=(1, 0), mode="reflect")
-        hxx = ndi.gaussian_filter(x, s, order=(0, 2), mode="reflect")
-        hyy = ndi.gaussian_filter(x, s, order=(2, 0), mode="reflect")
-        hxy = ndi.gaussian_filter(x, s, order=(1, 1), mode="reflect")
+        # the six Gaussian derivatives share their first (axis 0) passes: the same 1-D passes, in the same order and
+        # precision, as ndi.gaussian_filter(x, s, order=(o0, o1)) does for each, so the values are identical
+        along0 = [f1(x, s, axis=0, order=o, mode="reflect") for o in (0, 1, 2)]
+        g = f1(along0[0], s, axis=1, order=0, mode="reflect")
+        gx = f1(along0[0], s, axis=1, order=1, mode="reflect")
+        hxx = f1(along0[0], s, axis=1, order=2, mode="reflect")
+        gy = f1(along0[1], s, axis=1, order=0, mode="reflect")
+        hxy = f1(along0[1], s, axis=1, order=1, mode="reflect")
+        hyy = f1(along0[2], s, axis=1, order=0, mode="reflect")
         half_trace = (hxx + hyy) / 2
         d = np.sqrt(((hxx - hyy) / 2) ** 2 + hxy ** 2)
         var = ndi.gaussian_filter(x * x, s, mode="reflect") - g * g

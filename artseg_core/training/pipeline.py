@@ -277,8 +277,13 @@ def _evidence_step(prof, f: _Fields, seed, work, keep, progress):
     )
     from artseg_core.weak.refine import select_threshold
 
+    import torch
+
+    from artseg_core.imgproc.parallel import ordered_map
+
+    workers = torch.get_num_threads()  # filter banks of this many fields at once; results do not depend on it
     tr = [int(i) for i in f.tr]
-    ev, fit_info = fit_pixel_evidence([f.imgs[i] for i in tr], f.y[tr], seed=seed)
+    ev, fit_info = fit_pixel_evidence([f.imgs[i] for i in tr], f.y[tr], seed=seed, workers=workers)
     val = set(int(i) for i in f.va)
     art_idx = [int(i) for i in np.flatnonzero(f.y == 1)]
     clean_val = [i for i in sorted(val) if f.y[i] == 0]
@@ -288,12 +293,15 @@ def _evidence_step(prof, f: _Fields, seed, work, keep, progress):
     if progress:
         from tqdm.auto import tqdm
         it = tqdm(need, desc="pixel and object evidence", unit="img")
-    maps, cands, rows = {}, {}, {}
-    for i in it:
+    def filter_bank(i):
         feats = pixel_features(f.imgs[i])
+        return i, feats, candidate_objects(feats)
+
+    maps, cands, rows = {}, {}, {}
+    for i, feats, cand in ordered_map(filter_bank, it, workers):
         maps[i] = ev.score_features(feats)
-        cands[i] = candidate_objects(feats)
-        rows[i] = object_features(feats, maps[i], *cands[i])
+        cands[i] = cand
+        rows[i] = object_features(feats, maps[i], *cand)
         del feats
     va = sorted(val)  # held-out fields stop the object model's fit
     oev, obj_info = fit_object_evidence([rows[i] for i in tr], f.y[tr], seed=seed,
@@ -481,13 +489,15 @@ def _train_zero_label(prof, samples, plane, val_fraction, seed, dev, pixel_size,
     """Zero-label mode: a normality model of the clean fields (:class:`~artseg_core.weak.evidence.Normality`)
     fitted on the training split; its threshold leaves ``zero_label_clean_empty`` of the held-out clean fields
     without an object of ``evidence_min_size`` px."""
+    import torch
+
     from artseg_core.weak.evidence import clean_field_threshold, fit_normality
 
     f = _read_fields(samples, plane, val_fraction, seed, progress, clean_only=True)
     tr, va = [int(i) for i in f.tr], [int(i) for i in f.va]
     if not va:  # stratified_split keeps >= 1 image for training; the threshold needs held-out fields
         tr, va = tr[:-1], tr[-1:]
-    nm, fit_info = fit_normality([f.imgs[i] for i in tr], seed=seed)
+    nm, fit_info = fit_normality([f.imgs[i] for i in tr], seed=seed, workers=torch.get_num_threads())
     thr, empty = clean_field_threshold([nm.score(f.imgs[i]) for i in va], prof.evidence_min_size,
                                        prof.zero_label_clean_empty)
     model = ArtifactModel(prof, None, None, thresholds={"classifier": 0.5, "gate": 0.5, "unet": float(thr),

@@ -80,14 +80,20 @@ class PixelEvidence:
         return cls(net.eval(), np.asarray(arrays[f"{prefix}.mean"]), np.asarray(arrays[f"{prefix}.std"]))
 
 
-def _field_rows(images, per_field: int, seed: int) -> list[np.ndarray]:
+def _field_rows(images, per_field: int, seed: int, workers: int = 1) -> list[np.ndarray]:
+    """Sampled feature rows per field; the filter banks of ``workers`` fields at once, the draws in field order."""
+    from artseg_core.imgproc.parallel import ordered_map
+
     rng = np.random.default_rng(seed)
-    return [sample_pixels(pixel_features(_check_field(im)), per_field, rng) for im in images]
+    feats = ordered_map(lambda im: pixel_features(_check_field(im)), images, workers)
+    return [sample_pixels(f, per_field, rng) for f in feats]
 
 
 def fit_pixel_evidence(images, labels, seed: int = 0, per_field: int = 3000, epochs: int = 4, hidden: int = 64,
-                       lr: float = 2e-3, batch: int = 4096) -> tuple[PixelEvidence, dict]:
+                       lr: float = 2e-3, batch: int = 4096, workers: int = 1) -> tuple[PixelEvidence, dict]:
     """Train a :class:`PixelEvidence` on normalised fields with image labels (1 = artifact, 0 = clean).
+
+    ``workers`` fields' filter banks are computed at once (threads); the result does not depend on it.
 
     Returns the scorer and a summary (pixels sampled, final loss, training accuracy on the sampled pixels).
     """
@@ -98,7 +104,7 @@ def fit_pixel_evidence(images, labels, seed: int = 0, per_field: int = 3000, epo
     y_img = np.asarray(labels, int)
     if y_img.min() == y_img.max():
         raise ValueError("pixel evidence needs both clean and artifact fields")
-    rows = _field_rows(images, per_field, seed)
+    rows = _field_rows(images, per_field, seed, workers)
     x = np.concatenate(rows)
     y = np.concatenate([np.full(len(r), float(c), np.float32) for r, c in zip(rows, y_img)])
     # classes balanced by weight: each class contributes half of the loss whatever the label counts
@@ -331,9 +337,10 @@ def _gmm_loglik(z, weights, means, prec_chol) -> np.ndarray:
 
 
 def fit_normality(clean_images, seed: int = 0, per_field: int = 3000, components: int = 8, iters: int = 60,
-                  reg: float = 1e-3) -> tuple[Normality, dict]:
-    """Fit :class:`Normality` on normalised clean fields (EM, k-means++-style start, ``reg`` on the diagonal)."""
-    rows = _field_rows(clean_images, per_field, seed)
+                  reg: float = 1e-3, workers: int = 1) -> tuple[Normality, dict]:
+    """Fit :class:`Normality` on normalised clean fields (EM, k-means++-style start, ``reg`` on the diagonal);
+    ``workers`` fields' filter banks at once (threads), with the same result."""
+    rows = _field_rows(clean_images, per_field, seed, workers)
     if not rows:
         raise ValueError("the normality model needs at least one clean field")
     x = np.concatenate(rows).astype(np.float64)

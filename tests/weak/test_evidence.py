@@ -46,6 +46,39 @@ def test_features_shape_and_median_invariance():
         pixel_features(np.zeros((2, 8, 8)))
 
 
+def test_features_are_the_scale_normalised_gaussian_derivatives():
+    """The filter bank shares 1-D passes between derivatives; its values are those of the 2-D definitions."""
+    from scipy import ndimage as ndi
+
+    from artseg_core.imgproc.features import PER_SCALE, SCALES
+
+    x, _ = _field(np.random.default_rng(5), fibre=True)
+    f = pixel_features(x)
+    x0 = (x - np.median(x)).astype(np.float32)
+    for j, s in enumerate(SCALES):
+        def d(order):
+            return ndi.gaussian_filter(x0, s, order=order, mode="reflect")
+        hxx, hyy, hxy = d((0, 2)), d((2, 0)), d((1, 1))
+        disc = np.sqrt(((hxx - hyy) / 2) ** 2 + hxy ** 2)
+        k = j * len(PER_SCALE)
+        np.testing.assert_array_equal(f[k], d((0, 0)))
+        np.testing.assert_array_equal(f[k + 1], s * np.hypot(d((0, 1)), d((1, 0))))
+        np.testing.assert_array_equal(f[k + 2], s * s * ((hxx + hyy) / 2 + disc))
+        np.testing.assert_array_equal(f[k + 3], s * s * ((hxx + hyy) / 2 - disc))
+
+
+def test_fits_do_not_depend_on_the_number_of_filter_bank_threads():
+    rng = np.random.default_rng(4)
+    fields = [_field(rng, fibre=bool(i % 2)) for i in range(8)]
+    imgs, labels = [f for f, _ in fields], [i % 2 for i in range(8)]
+    one, _ = fit_pixel_evidence(imgs, labels, seed=0, per_field=300, epochs=1, workers=1)
+    two, _ = fit_pixel_evidence(imgs, labels, seed=0, per_field=300, epochs=1, workers=2)
+    np.testing.assert_array_equal(one.score(imgs[1]), two.score(imgs[1]))
+    n1, _ = fit_normality(imgs[::2], seed=0, per_field=300, components=2, workers=1)
+    n2, _ = fit_normality(imgs[::2], seed=0, per_field=300, components=2, workers=3)
+    np.testing.assert_array_equal(n1.means, n2.means)
+
+
 def test_sampling_prefers_unusual_pixels():
     rng = np.random.default_rng(1)
     x = np.full((64, 64), 0.5, np.float32) + 0.01 * np.random.default_rng(2).standard_normal((64, 64)).astype(

@@ -32,6 +32,8 @@ class Profile:
     cls_pool: str = "avg"        # image score: global average (paper) | topk | lse (MIL pooling of the logit map)
     cls_pool_param: float = 0.02  # topk: fraction of layer4 positions; lse: sharpness r
     cls_paste: float = 0.0       # share of clean training images drawn with synthetic artifacts, as artifact images
+    cls_ema: float = 0.0         # > 0: per-step decay of a moving average of the weights, validated and kept
+    cls_keep: str = "best"       # best: epoch of lowest validation loss (early stopping) | last: every epoch, final
     # Score-CAM pseudo-masks
     cam_mode: str = "fast"       # exact | paper | fast
     cam_top_k: int = 32          # channels kept in fast mode

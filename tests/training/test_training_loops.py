@@ -41,6 +41,44 @@ def test_classifier_resumes_to_the_same_weights(tmp_path):
         torch.testing.assert_close(a, b, msg=k)
 
 
+def test_classifier_weight_average_is_what_is_kept_and_resumes(tmp_path):
+    """ema_decay > 0: the kept weights are the running average of every step's weights (not the last step's);
+    keep='last' runs every epoch (no early stop); an interrupted run resumes to the same average."""
+    from artseg_core.training.classifier import _EMA
+
+    torch.set_num_threads(1)
+    x, y = _cls_data()
+    cfg = ClassifierFitConfig(epochs=4, batch_size=8, seed=3, min_steps_per_epoch=2, ema_decay=0.5, keep="last",
+                              early_stop=1)
+    plain = _seeded(resnet18, width=4)
+    fit_classifier(plain, x, y, x[:8], y[:8], ClassifierFitConfig(**{**cfg.__dict__, "ema_decay": 0.0}))
+    avg = _seeded(resnet18, width=4)
+    h = fit_classifier(avg, x, y, x[:8], y[:8], cfg)
+    assert h["epochs_run"] == 4  # keep='last' ignores early_stop=1
+    # same seed, same steps: the raw weights of both runs are equal, so the average must differ from them
+    w_plain, w_avg = plain.conv1.weight, avg.conv1.weight
+    assert not torch.allclose(w_plain, w_avg)
+    # the average of a network with itself stays put; with another network it moves by (1 - decay)
+    e = _EMA(plain, 0.5)
+    e.update(plain)
+    torch.testing.assert_close(e.model.conv1.weight, w_plain)
+    zero = resnet18(width=4)
+    torch.nn.init.zeros_(zero.conv1.weight)
+    e.update(zero)
+    torch.testing.assert_close(e.model.conv1.weight, 0.5 * w_plain)
+    # resume
+    ck = tmp_path / "e.ckpt"
+    fit_classifier(_seeded(resnet18, width=4), x, y, x[:8], y[:8], ClassifierFitConfig(**{**cfg.__dict__, "epochs": 2}),
+                   checkpoint=ck)
+    resumed = resnet18(width=4)
+    h2 = fit_classifier(resumed, x, y, x[:8], y[:8], cfg, checkpoint=ck)
+    assert h2["resumed_from"] == 2
+    for (k, a), b in zip(avg.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=k)
+    with pytest.raises(ValueError, match="keep"):
+        fit_classifier(resnet18(width=4), x, y, None, None, ClassifierFitConfig(keep="first"))
+
+
 def test_unet_resumes_to_the_same_weights(tmp_path):
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)

@@ -104,7 +104,8 @@ def fit_classifier(model: torch.nn.Module, x_train: torch.Tensor, y_train: np.nd
     Returns
     -------
     dict
-        ``history`` (per-epoch losses and learning rates), ``best_epoch``, ``epochs_run``, ``resumed_from``.
+        ``history`` (per-epoch losses and learning rates), ``best_epoch``, ``epochs_run``, ``resumed_from``,
+        ``kept`` (which weights were kept) and ``weight_average_decay``.
     """
     if cfg.keep not in ("best", "last"):
         raise ValueError(f"keep must be 'best' or 'last', got {cfg.keep!r}")
@@ -196,4 +197,6 @@ def fit_classifier(model: torch.nn.Module, x_train: torch.Tensor, y_train: np.nd
     prec.restore()
     model.eval()
     return {"history": state["history"], "best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
-            "resumed_from": resumed_from}
+            "resumed_from": resumed_from,
+            "kept": "final weights" if cfg.keep == "last" else f"epoch {state['best_epoch']} (lowest monitored loss)",
+            "weight_average_decay": cfg.ema_decay}

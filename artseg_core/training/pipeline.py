@@ -474,6 +474,7 @@ def _summary(f: _Fields, seed, dev, p_all, cfit, cam_info, ufit, calib, threshol
         "n_train": int(len(f.tr)), "n_val": int(len(va)), "n_masks": len(f.true_masks), "skipped": f.skipped,
         "seed": seed, "device": dev,
         "classifier": {"epochs_run": cfit["epochs_run"], "best_epoch": cfit["best_epoch"],
+                       **{k: cfit[k] for k in ("kept", "weight_average_decay") if k in cfit},
                        # how well it fits its own training fields (a classifier that does not fit them misses
                        # those kinds of artifact on new fields too), and the held-out validation fields
                        "train_metrics": metrics(f.tr), "val_metrics": metrics(va)},

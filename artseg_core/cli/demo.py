@@ -144,7 +144,8 @@ def training_table(summary: dict, seconds: dict) -> str:
         ["training images", f"{summary.get('n_images', '?')} ({summary.get('n_artifact', '?')} with artifacts, "
                             f"{summary.get('n_clean', '?')} clean); {summary.get('n_train', '?')} to train, "
                             f"{summary.get('n_val', '?')} to validate; pixel masks used: {summary.get('n_masks', 0)}"],
-        ["classifier", f"{cls.get('epochs_run', '?')} epochs (best {cls.get('best_epoch', '?')}); validation "
+        ["classifier", f"{cls.get('epochs_run', '?')} epochs, kept: "
+                       f"{cls.get('kept', 'epoch ' + str(cls.get('best_epoch', '?')))}; validation "
                        + ", ".join(f"{k} {v:.3f}" for k, v in vm.items() if isinstance(v, float))],
         ["classifier fit", classifier_fit_text(cls)],
         (["pseudo-masks from the clean fields",

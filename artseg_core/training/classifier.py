@@ -198,5 +198,6 @@ def fit_classifier(model: torch.nn.Module, x_train: torch.Tensor, y_train: np.nd
     model.eval()
     return {"history": state["history"], "best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
             "resumed_from": resumed_from,
-            "kept": "final weights" if cfg.keep == "last" else f"epoch {state['best_epoch']} (lowest monitored loss)",
+            "kept": (("final weight average" if ema is not None else "final weights") if cfg.keep == "last"
+                     else f"epoch {state['best_epoch']} (lowest monitored loss)"),
             "weight_average_decay": cfg.ema_decay}

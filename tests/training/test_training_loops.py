@@ -55,7 +55,7 @@ def test_classifier_weight_average_is_what_is_kept_and_resumes(tmp_path):
     avg = _seeded(resnet18, width=4)
     h = fit_classifier(avg, x, y, x[:8], y[:8], cfg)
     assert h["epochs_run"] == 4  # keep='last' ignores early_stop=1
-    assert h["kept"] == "final weights" and h["weight_average_decay"] == 0.5
+    assert h["kept"] == "final weight average" and h["weight_average_decay"] == 0.5
     # same seed, same steps: the raw weights of both runs are equal, so the average must differ from them
     w_plain, w_avg = plain.conv1.weight, avg.conv1.weight
     assert not torch.allclose(w_plain, w_avg)

@@ -3,9 +3,6 @@
 ``paper``  ResNet50 classifier and the paper's U-Net (64 filters, 5 levels x 3 convs) at full resolution
            (Ali et al., Sci Rep 2022). Accurate but slow on a CPU; meant for a GPU (``--device cuda``).
 ``fast``   ResNet18 at quarter width and a 16-filter, 4-level U-Net on 2x down-sampled input: the CPU profile.
-           Its classifier is trained for all 80 epochs and kept as a moving average of its weights (decay 0.98
-           per step), not picked by early stopping: on the bench plates that flagged far fewer clean fields
-           (3 training seeds: 21 % -> 8 % phantom, 49 % -> 17 % real backgrounds) at the same or better ROC AUC.
            Its pseudo-masks come from the clean fields (:mod:`artseg_core.weak.evidence`): candidate objects and
            pixels judged against what clean fields contain, with an ignored band below the threshold.
 ``scorecam`` ``fast``'s networks with the paper's pseudo-masks: Score-CAM saliency times an edge map.
@@ -90,8 +87,7 @@ PROFILES: dict[str, Profile] = {
                      unet_crops_per_image=150, unet_batch=4,
                      predict_tile=512),  # 1024 tiles: 2.5 GB peak on a 1920x1920 field; 512: 1.0 GB, 22 % slower
     "fast": Profile(name="fast", arch="resnet18", cls_width=16, cls_layer4_stride=1, cam_threshold=0.2, cls_size=256,
-                    cls_epochs=80, cls_batch=16, cls_ema=0.98, cls_keep="last", cam_mode="fast", cam_top_k=32,
-                    unet_width=16, unet_levels=4,
+                    cls_epochs=80, cls_batch=16, cam_mode="fast", cam_top_k=32, unet_width=16, unet_levels=4,
                     unet_scale=2, unet_tile=256, unet_steps=600, unet_crops_per_image=90, unet_batch=8, unet_lr=2e-3,
                     predict_tile=1024),
     "tiny": Profile(name="tiny", arch="resnet18", cls_width=8, cls_layer4_stride=1, cam_threshold=0.2, cls_size=128,

@@ -267,7 +267,10 @@ def _evidence_step(prof, f: _Fields, seed, work, keep, progress):
       ``evidence_clean_empty`` of the held-out clean validation fields without a kept object / an evidence object
       of ``evidence_min_size`` px (with validation hand masks, the map's threshold is chosen on those instead).
     """
+    import torch
+
     from artseg_core.imgproc.features import pixel_features
+    from artseg_core.imgproc.parallel import ordered_map
     from artseg_core.imgproc.postprocess import clean_mask
     from artseg_core.weak.evidence import (
         candidate_objects,
@@ -278,10 +281,6 @@ def _evidence_step(prof, f: _Fields, seed, work, keep, progress):
     )
     from artseg_core.weak.refine import select_threshold
 
-    import torch
-
-    from artseg_core.imgproc.parallel import ordered_map
-
     workers = torch.get_num_threads()  # filter banks of this many fields at once; results do not depend on it
     tr = [int(i) for i in f.tr]
     ev, fit_info = fit_pixel_evidence([f.imgs[i] for i in tr], f.y[tr], seed=seed, workers=workers)
@@ -290,16 +289,17 @@ def _evidence_step(prof, f: _Fields, seed, work, keep, progress):
     clean_val = [i for i in sorted(val) if f.y[i] == 0]
     ref = clean_val or [i for i in tr if f.y[i] == 0]
     need = sorted(set(tr) | set(art_idx) | set(ref))  # every validation field: an artifact field or in ref
-    it = need
-    if progress:
-        from tqdm.auto import tqdm
-        it = tqdm(need, desc="pixel and object evidence", unit="img")
+
     def filter_bank(i):
         feats = pixel_features(f.imgs[i])
         return i, feats, candidate_objects(feats)
 
+    banks = ordered_map(filter_bank, need, workers)
+    if progress:  # counts finished fields (ordered_map takes up to `workers` fields ahead)
+        from tqdm.auto import tqdm
+        banks = tqdm(banks, total=len(need), desc="pixel and object evidence", unit="img")
     maps, cands, rows = {}, {}, {}
-    for i, feats, cand in ordered_map(filter_bank, it, workers):
+    for i, feats, cand in banks:
         maps[i] = ev.score_features(feats)
         cands[i] = cand
         rows[i] = object_features(feats, maps[i], *cand)

@@ -91,7 +91,8 @@ class _EMA:
 def fit_classifier(model: torch.nn.Module, x_train: torch.Tensor, y_train: np.ndarray,
                    x_val: torch.Tensor | None, y_val: np.ndarray | None, cfg: ClassifierFitConfig,
                    device="cpu", checkpoint: Path | None = None, progress: bool = False) -> dict:
-    """Train ``model`` in place; the weights of the best epoch (lowest monitored loss) are kept.
+    """Train ``model`` in place; kept are the weights of the best epoch (lowest monitored loss; ``keep="best"``)
+    or the final ones (``keep="last"``), of the weight average when ``ema_decay > 0``.
 
     Parameters
     ----------

@@ -17,12 +17,13 @@
              ``pretrain_s`` is reported apart from ``train_s`` (a plate is pretrained once)
 * strong     the U-Net trained on the true masks of every training image (the upper bound)
 * weak_mil   the MIL route: classifier head pooling the top 2 % of its logit map, that logit map as saliency
-             (its own 0.5 boundary), pseudo-masks with an ignored band; it trains its own classifier
+             (its own 0.5 boundary), pseudo-masks with an ignored band
 * masks_K    weak plus hand masks of K artifact training fields (own loss term, oversampled)
 * zero_label the clean training fields only: a normality model of them (``artseg train --clean DIR``)
 * baseline   no learning: pixels that deviate strongly from a smoothed background (robust z-score), cleaned
-The learned variants with the average-pooling head share one classifier (same seed, trained once, or taken from
-``--classifier-from``), so they differ only in their U-Net targets. Pixel IoU is the mean over the test plate's
+The learned variants with the same classifier head (pooling) and classifier paste share share one classifier (same
+seed, trained once, or taken from ``--classifier-from`` for the profile's head), so they differ only in their U-Net
+targets. Pixel IoU is the mean over the test plate's
 artifact images; image F1 is the classifier's on the test plate; ``local_iou_by_kind`` scores each true object in a
 window around it, per artifact kind (which kinds weak supervision reaches); ``image_recall_by_kind`` is the share of
 test fields holding a kind that were flagged, and ``classifier_train_accuracy`` how well the classifier fits its own
@@ -52,6 +53,7 @@ from artseg_core.imgproc.normalize import normalize  # noqa: E402
 from artseg_core.evaluation.metrics import image_metrics, roc_auc  # noqa: E402
 from artseg_core.data.phantoms import make_plate  # noqa: E402
 from artseg_core.imgproc.postprocess import clean_mask  # noqa: E402
+from artseg_core.nets.profiles import get_profile  # noqa: E402
 
 
 def baseline_mask(image: np.ndarray, z: float = 4.0, min_size: int = 64) -> np.ndarray:
@@ -144,8 +146,6 @@ def _some_masks(plate: Path, k: int, out: Path) -> Path:
 
 def _settings(pairs: list[str], profile: str) -> dict:
     """``KEY=VALUE`` strings as profile overrides, each value cast to the type of the profile's setting."""
-    from artseg_core.nets.profiles import get_profile
-
     base, out = get_profile(profile).to_dict(), {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -249,7 +249,8 @@ def main(argv=None) -> dict:
         make_plate(tep, **te_shape, prevalence=0.5, seed=a.seed + 1000, shape=(size, size), plate="test")
     imgs, truth, labels, types = test_set(tep)
     results, seconds, pretrain_s, cls_train_acc = {}, {}, {}, {}
-    paper_route = dict(cam_source="scorecam", edge_refine=True, pseudo_ignore=0.0)
+    # the paper's route: Score-CAM x edge map on the average-pooling head (profile scorecam)
+    paper_route = dict(cam_source="scorecam", edge_refine=True, pseudo_ignore=0.0, cls_pool="avg", unet_threshold=0.5)
     catalogue = {"weak": dict(EVIDENCE), "weak_evidence": dict(EVIDENCE), "weak_paper": paper_route,
                  "weak_edge": paper_route, "weak_cam": dict(paper_route, edge_refine=False), "weak_mil": dict(MIL),
                  "weak_paste": dict(EVIDENCE, unet_paste=PASTE),
@@ -268,12 +269,14 @@ def main(argv=None) -> dict:
     variants = [(v, catalogue[v]) for v in names]
     # one classifier per head kind (average or MIL) and classifier paste share, shared by its variants
     shared: dict[tuple, Path] = {}
+    base_pool = get_profile(profile).cls_pool
     if a.classifier_from is not None:
-        shared[(False, 0.0)] = a.classifier_from
+        shared[(settings.get("cls_pool", base_pool), float(settings.get("cls_paste", 0.0)))] = a.classifier_from
     for name, kw in variants:
         wd = out / f"work_{name}"
         wd.mkdir(parents=True)
-        cls_key = ("cls_pool" in kw, float(kw.get("cls_paste", 0.0)))  # which shared classifier
+        cls_key = (kw.get("cls_pool", settings.get("cls_pool", base_pool)),
+                   float(kw.get("cls_paste", settings.get("cls_paste", 0.0))))  # which shared classifier
         t = time.perf_counter()
         budget = {k: v for k, v in (("cls_epochs", a.cls_epochs), ("unet_steps", a.unet_steps)) if v is not None}
         if kw.get("zero_label"):

@@ -171,3 +171,34 @@ def test_test_image_is_cropped_to_the_divisor():
     with pytest.raises(ExportError, match="smaller"):
         _test_image(32, np.zeros((20, 64)))
     assert _test_image(16, None).shape == (256, 256)
+
+
+def test_onnx_classifier_with_the_multiple_instance_head(tmp_path):
+    """The top-k pooling head (multiple-instance) exports: onnxruntime gives ArtSeg's p_artifact on a field and on
+    the same field with a small bright spot (which changes the score)."""
+    import torch
+
+    from artseg_core.data.phantoms import make_field
+    from artseg_core.export import OnnxArtSeg, export_onnx
+    from artseg_core.nets.profiles import get_profile
+    from artseg_core.predict.model import ArtifactModel
+
+    prof = get_profile("tiny", cls_pool="topk", cls_pool_param=0.02)
+    torch.manual_seed(5)
+    cls, unet = ArtifactModel.build_networks(prof)
+    for m in cls.modules():  # non-trivial batch-norm statistics, so the export folds real numbers
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    model = ArtifactModel(prof, cls, unet)
+    export_onnx(model, tmp_path / "onnx")
+    ox = OnnxArtSeg(tmp_path / "onnx")
+    img = make_field(shape=(256, 256), seed=3, artifacts=["debris"]).image
+    spot = img.astype(np.float32).copy()
+    spot[100:104, 100:104] = spot.max() * 3
+    ps = []
+    for im in (img, spot):
+        p = model.predict(im, gate=False).p_artifact
+        assert abs(ox.p_artifact(im) - p) < 1e-4
+        ps.append(p)
+    assert ps[0] != ps[1]

@@ -21,17 +21,16 @@
 * masks_K    weak plus hand masks of K artifact training fields (own loss term, oversampled)
 * zero_label the clean training fields only: a normality model of them (``artseg train --clean DIR``)
 * baseline   no learning: pixels that deviate strongly from a smoothed background (robust z-score), cleaned
-The learned variants with the same classifier head (pooling) and classifier paste share share one classifier (same
-seed, trained once, or taken from ``--classifier-from`` for the profile's head), so they differ only in their U-Net
-targets. Pixel IoU is the mean over the test plate's
-artifact images; image F1 is the classifier's on the test plate; ``local_iou_by_kind`` scores each true object in a
-window around it, per artifact kind (which kinds weak supervision reaches); ``image_recall_by_kind`` is the share of
-test fields holding a kind that were flagged, and ``classifier_train_accuracy`` how well the classifier fits its own
-training fields. Prints one final JSON line. ``--train-
-fields`` asks how the numbers move with the size of the labelled plate (the classifier is short of data at 200
-fields). ``clean_empty`` is the fraction of clean test fields with no predicted pixel. ``--backgrounds DIR`` builds
-both plates from real transmitted-light images (``bench/real_plate.py``: crops of regions without real artifacts,
-with composited artifacts) instead of phantoms.
+Learned variants whose classifiers have the same head (pooling) and paste share use one classifier (same seed,
+trained once, or taken from ``--classifier-from`` for the profile's head), so they differ only in their U-Net
+targets. Pixel IoU is the mean over the test plate's artifact images; image F1 is the classifier's on the test
+plate; ``local_iou_by_kind`` scores each true object in a window around it, per artifact kind (which kinds weak
+supervision reaches); ``image_recall_by_kind`` is the share of test fields holding a kind that were flagged, and
+``classifier_train_accuracy`` how well the classifier fits its own training fields. Prints one final JSON line.
+``--train-fields`` asks how the numbers move with the size of the labelled plate (the classifier is short of data at
+200 fields). ``clean_empty`` is the fraction of clean test fields with no predicted pixel. ``--backgrounds DIR``
+builds both plates from real transmitted-light images (``bench/real_plate.py``: crops of regions without real
+artifacts, with composited artifacts) instead of phantoms.
 """
 from __future__ import annotations
 

@@ -84,12 +84,22 @@ def test_set(plate: Path):
     return imgs, truth, labels, types
 
 
-EVIDENCE = dict(cam_source="evidence", edge_refine=False, pseudo_ignore=0.8)
+def _route(profile_name: str, keys: tuple[str, ...]) -> dict:
+    """The named profile's values of ``keys``: a route's settings, applied on top of the bench's profile."""
+    prof = get_profile(profile_name)
+    return {k: getattr(prof, k) for k in keys}
+
+
+#: the default route's pseudo-masks (profile fast)
+EVIDENCE = _route("fast", ("cam_source", "edge_refine", "pseudo_ignore"))
 #: share of clean-field U-Net crops given synthetic artifacts in the weak_paste variant (training/paste.py)
 PASTE = 0.5
 #: share of clean classifier training images given synthetic artifacts (and the artifact label) in weak_paste_all
 CLS_PASTE = 0.3
-MIL = dict(cls_pool="topk", cls_pool_param=0.02, cam_source="logit", edge_refine=False, pseudo_ignore=0.5)
+#: the multiple-instance route (profile mil)
+MIL = _route("mil", ("cls_pool", "cls_pool_param", "cam_source", "edge_refine", "pseudo_ignore"))
+#: the paper's route: Score-CAM x edge map on the average-pooling head (profile scorecam)
+PAPER = _route("scorecam", ("cam_source", "edge_refine", "pseudo_ignore", "cls_pool", "unet_threshold"))
 
 
 def clean_empty(preds: dict, labels: dict) -> float:
@@ -248,10 +258,8 @@ def main(argv=None) -> dict:
         make_plate(tep, **te_shape, prevalence=0.5, seed=a.seed + 1000, shape=(size, size), plate="test")
     imgs, truth, labels, types = test_set(tep)
     results, seconds, pretrain_s, cls_train_acc = {}, {}, {}, {}
-    # the paper's route: Score-CAM x edge map on the average-pooling head (profile scorecam)
-    paper_route = dict(cam_source="scorecam", edge_refine=True, pseudo_ignore=0.0, cls_pool="avg", unet_threshold=0.5)
-    catalogue = {"weak": dict(EVIDENCE), "weak_evidence": dict(EVIDENCE), "weak_paper": paper_route,
-                 "weak_edge": paper_route, "weak_cam": dict(paper_route, edge_refine=False), "weak_mil": dict(MIL),
+    catalogue = {"weak": dict(EVIDENCE), "weak_evidence": dict(EVIDENCE), "weak_paper": dict(PAPER),
+                 "weak_edge": dict(PAPER), "weak_cam": dict(PAPER, edge_refine=False), "weak_mil": dict(MIL),
                  "weak_paste": dict(EVIDENCE, unet_paste=PASTE),
                  "weak_paste_all": dict(EVIDENCE, unet_paste=PASTE, cls_paste=CLS_PASTE),
                  "strong": dict(masks=trp / "masks", use_masks_for_training=True)}
@@ -266,16 +274,20 @@ def main(argv=None) -> dict:
         elif v not in catalogue:
             ap.error(f"unknown variant {v!r}")
     variants = [(v, catalogue[v]) for v in names]
-    # one classifier per head kind (average or MIL) and classifier paste share, shared by its variants
-    shared: dict[tuple, Path] = {}
+    # one classifier per head (pooling) and classifier paste share, shared by its variants
     base_pool = get_profile(profile).cls_pool
+
+    def classifier_key(kw: dict) -> tuple:
+        merged = {**settings, **kw}
+        return merged.get("cls_pool", base_pool), float(merged.get("cls_paste", 0.0))
+
+    shared: dict[tuple, Path] = {}
     if a.classifier_from is not None:
-        shared[(settings.get("cls_pool", base_pool), float(settings.get("cls_paste", 0.0)))] = a.classifier_from
+        shared[classifier_key({})] = a.classifier_from
     for name, kw in variants:
         wd = out / f"work_{name}"
         wd.mkdir(parents=True)
-        cls_key = (kw.get("cls_pool", settings.get("cls_pool", base_pool)),
-                   float(kw.get("cls_paste", settings.get("cls_paste", 0.0))))  # which shared classifier
+        cls_key = classifier_key(kw)  # which shared classifier
         t = time.perf_counter()
         budget = {k: v for k, v in (("cls_epochs", a.cls_epochs), ("unet_steps", a.unet_steps)) if v is not None}
         if kw.get("zero_label"):

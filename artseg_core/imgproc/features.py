@@ -4,16 +4,8 @@ At each scale sigma in :data:`SCALES` (pixels): Gaussian-smoothed intensity, gra
 eigenvalues of the Hessian (ridge and blob responses) and the local standard deviation, scale-normalised
 (Lindeberg's sigma^k factors) so that a structure gives similar values at its own scale. Two more channels
 measure the deviation from a smooth background (as the non-learned detector does: median of a 4x down-sampled
-field). The intensity is taken relative to the field's median, so a field's overall brightness does not enter,
-and in units of the field's fine-detail amplitude (:func:`detail_scale`), so its contrast does not either.
+field). The intensity is taken relative to the field's median, so a field's overall brightness does not enter.
 The same filter bank is what ilastik's pixel classifier starts from (Berg et al., Nat Methods 2019).
-
-Why the contrast unit: fields are percentile-normalised (:func:`~artseg_core.imgproc.normalize.normalize`), and a
-large artifact (a dark blotch, a bright bubble) moves a field's percentiles, so the cells of an artifact field come
-out with another contrast than the same cells in a clean field. Models that tell pixels of artifact fields from
-pixels of clean fields then learn that contrast shift and mark the cells. The amplitude of the fine detail (noise
-and texture, spread over the whole field) hardly moves with one large object; measured in it, the same cells give
-the same features in both kinds of field.
 """
 from __future__ import annotations
 
@@ -26,16 +18,6 @@ PER_SCALE = ("smooth", "gradient", "hessian_hi", "hessian_lo", "local_std")
 FEATURE_NAMES: tuple[str, ...] = tuple(f"{n}_s{s}" for s in SCALES for n in PER_SCALE) + (
     "background_deviation", "abs_background_deviation_s2")
 N_FEATURES = len(FEATURE_NAMES)
-#: the fine detail of :func:`detail_scale`: what a Gaussian blur of this sigma (pixels) removes
-DETAIL_SIGMA = 2.0
-
-
-def detail_scale(x: np.ndarray) -> float:
-    """Robust amplitude of a field's fine detail: 1.4826 x the median absolute deviation of the field minus its
-    Gaussian blur (sigma :data:`DETAIL_SIGMA`); a small floor keeps flat fields finite."""
-    x = np.asarray(x, dtype=np.float32)
-    hp = x - ndi.gaussian_filter(x, DETAIL_SIGMA, mode="reflect")
-    return float(1.4826 * np.median(np.abs(hp - np.median(hp)))) + 1e-4
 
 
 def _background(x: np.ndarray) -> np.ndarray:
@@ -47,17 +29,12 @@ def _background(x: np.ndarray) -> np.ndarray:
     return out[: x.shape[0], : x.shape[1]]
 
 
-def pixel_features(image: np.ndarray, detail_scaled: bool = True) -> np.ndarray:
-    """(N_FEATURES, H, W) float32 features of a normalised 2-D field (see the module docstring).
-
-    ``detail_scaled=False`` leaves the intensities in the normalised field's units (ArtSeg up to 0.2.0: the
-    normality models of older zero-label model files were fitted on those)."""
+def pixel_features(image: np.ndarray) -> np.ndarray:
+    """(N_FEATURES, H, W) float32 features of a normalised 2-D field (see the module docstring)."""
     x = np.asarray(image, dtype=np.float32)
     if x.ndim != 2:
         raise ValueError(f"pixel_features expects a 2-D image, got shape {x.shape}")
     x = x - np.float32(np.median(x))
-    if detail_scaled:
-        x = x * np.float32(1.0 / detail_scale(x))
     out = np.empty((N_FEATURES,) + x.shape, np.float32)
     k = 0
     f1 = ndi.gaussian_filter1d
@@ -109,5 +86,4 @@ def sample_pixels(features: np.ndarray, n: int, rng: np.random.Generator, candid
     return flat[:, idx].T.copy()
 
 
-__all__ = ["SCALES", "FEATURE_NAMES", "N_FEATURES", "DETAIL_SIGMA", "detail_scale", "pixel_features", "deviation_z",
-           "sample_pixels"]
+__all__ = ["SCALES", "FEATURE_NAMES", "N_FEATURES", "pixel_features", "deviation_z", "sample_pixels"]

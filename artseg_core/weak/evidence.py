@@ -286,7 +286,6 @@ class Normality:
     prec_chol: np.ndarray     # (K, F, F) Cholesky factors of the precision matrices
     nll_lo: float = 0.0       # clean median NLL -> score 0
     nll_hi: float = 1.0       # clean 99.9th percentile NLL -> score 1
-    detail_scaled: bool = True  # features in units of the field's fine detail (False: model files of ArtSeg <= 0.2.0)
 
     def nll(self, rows: np.ndarray) -> np.ndarray:
         z = (rows - self.mean) / self.std
@@ -294,7 +293,7 @@ class Normality:
 
     def score(self, image: np.ndarray, smooth: float = SMOOTH_SIGMA) -> np.ndarray:
         x = _check_field(image)
-        f = pixel_features(x, detail_scaled=self.detail_scaled)
+        f = pixel_features(x)
         rows = f.reshape(f.shape[0], -1).T
         out = np.empty(rows.shape[0], np.float32)
         for i in range(0, rows.shape[0], 1 << 16):
@@ -304,18 +303,15 @@ class Normality:
 
     def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
         return {f"{prefix}.{k}": np.asarray(getattr(self, k), np.float64)
-                for k in ("mean", "std", "weights", "means", "prec_chol", "nll_lo", "nll_hi", "detail_scaled")}
+                for k in ("mean", "std", "weights", "means", "prec_chol", "nll_lo", "nll_hi")}
 
     @classmethod
     def from_arrays(cls, prefix: str, arrays: dict) -> "Normality":
         a = {k: np.asarray(arrays[f"{prefix}.{k}"]) for k in ("mean", "std", "weights", "means", "prec_chol",
                                                               "nll_lo", "nll_hi")}
         # scalars come back as 1-element arrays (the model file stores every array at least 1-D)
-        # files written before the features were detail-scaled have no flag: their features are the unscaled ones
-        flag = arrays.get(f"{prefix}.detail_scaled")
-        scaled = flag is not None and bool(np.asarray(flag).reshape(-1)[0])
         return cls(a["mean"], a["std"], a["weights"], a["means"], a["prec_chol"], float(a["nll_lo"].reshape(-1)[0]),
-                   float(a["nll_hi"].reshape(-1)[0]), detail_scaled=scaled)
+                   float(a["nll_hi"].reshape(-1)[0]))
 
 
 def _component_logpdf(z, weights, means, prec_chol) -> np.ndarray:

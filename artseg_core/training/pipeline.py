@@ -358,12 +358,15 @@ def pseudo_target(saliency: np.ndarray, threshold: float, ignore: float) -> np.n
     return t
 
 
-def _unet_step(prof, unet, f: _Fields, saliency, cam_thr, use_masks_for_training, seed, dev, work, progress):
+def _unet_step(prof, unet, f: _Fields, saliency, cam_thr, use_masks_for_training, seed, dev, work, progress,
+               pretrained: bool = False):
     """Step 3: the U-Net on pseudo-masks; clean images are exact background (all 0, no ignore band).
 
     Hand masks: with ``prof.hand_mask_fraction > 0`` their images fill that share of every batch and have a loss
     term of their own; with 0 they replace the pseudo-masks in the one loss (the earlier behaviour)."""
-    from artseg_core.training.unet import UNetFitConfig, fit_unet
+    import torch
+
+    from artseg_core.training.unet import COLLAPSE_SPREAD, UNetFitConfig, fit_unet, probability_spread
 
     own_loss = use_masks_for_training and prof.hand_mask_fraction > 0
 
@@ -380,13 +383,41 @@ def _unet_step(prof, unet, f: _Fields, saliency, cam_thr, use_masks_for_training
              f" ({prof.hand_mask_fraction:.0%} of each batch, own loss term)" if any(hand) else "",
              f"[{prof.pseudo_ignore:g} x threshold, threshold)" if prof.pseudo_ignore > 0 else "none",
              f"{prof.unet_paste:.0%} of the crops of {sum(clean)} clean fields" if prof.unet_paste > 0 else "none")
-    ufit = fit_unet(unet, [f.imgs[i] for i in f.tr], [target(int(i)) for i in f.tr],
-                    UNetFitConfig(steps=unet_training_steps(prof, len(f.tr)), batch_size=prof.unet_batch,
-                                  tile=prof.unet_tile, lr=prof.unet_lr, seed=seed, fast_math=prof.train_fast_math,
-                                  hand_fraction=prof.hand_mask_fraction, hand_weight=prof.hand_mask_weight,
-                                  paste_fraction=prof.unet_paste),
-                    device=dev, checkpoint=work / "unet.ckpt", progress=progress, hand=hand if any(hand) else None,
-                    clean=clean)
+    images, targets = [f.imgs[i] for i in f.tr], [target(int(i)) for i in f.tr]
+    start = {k: v.detach().clone() for k, v in unet.state_dict().items()}  # fresh or pretrained weights
+
+    def fit(run_seed: int, lr: float, checkpoint: Path) -> dict:
+        return fit_unet(unet, images, targets,
+                        UNetFitConfig(steps=unet_training_steps(prof, len(f.tr)), batch_size=prof.unet_batch,
+                                      tile=prof.unet_tile, lr=lr, seed=run_seed, fast_math=prof.train_fast_math,
+                                      hand_fraction=prof.hand_mask_fraction, hand_weight=prof.hand_mask_weight,
+                                      paste_fraction=prof.unet_paste),
+                        device=dev, checkpoint=checkpoint, progress=progress, hand=hand if any(hand) else None,
+                        clean=clean)
+
+    # the spread is read on artifact fields (their targets have foreground), or on any training fields
+    probe = [images[k] for k, i in enumerate(f.tr) if f.y[i] == 1] or images
+    ufit = fit(seed, prof.unet_lr, work / "unet.ckpt")
+    spread = probability_spread(unet, probe, prof.unet_tile, dev)
+    if spread < COLLAPSE_SPREAD:
+        # a training that collapsed to a constant output (seen once on a real-background bench plate: loss flat
+        # from the first steps, 0.24 everywhere) is run once more from other weights, with half the step size
+        log.warning("U-Net: its output is constant on its training fields (probabilities span %.3f); training it "
+                    "again (seed %d, learning rate %.1e)", spread, seed + 1, prof.unet_lr / 2)
+        first = {"output_spread": round(spread, 4), "final_loss": ufit["history"][-1]["loss"]
+                 if ufit["history"] else None}
+        if not pretrained:
+            torch.manual_seed(seed + 1)
+            start = ArtifactModel.build_unet(prof).state_dict()
+        unet.load_state_dict(start)
+        ufit = fit(seed + 1, prof.unet_lr / 2, work / "unet_retry.ckpt")
+        spread = probability_spread(unet, probe, prof.unet_tile, dev)
+        ufit["retried_after_collapse"] = first
+        if spread < COLLAPSE_SPREAD:
+            log.error("U-Net: its output is still constant after a second training (probabilities span %.3f); "
+                      "its masks will be empty. Check the pseudo-masks in the work folder.", spread)
+    ufit["output_spread"] = round(spread, 4)
+    ufit["collapsed"] = bool(spread < COLLAPSE_SPREAD)
     ufit["hand_masked_fields"] = int(sum(hand))
     ufit["paste"] = {"fraction": prof.unet_paste, "clean_fields": int(sum(clean))} if prof.unet_paste > 0 else None
     return ufit
@@ -481,7 +512,9 @@ def _summary(f: _Fields, seed, dev, p_all, cfit, cam_info, ufit, calib, threshol
         "scorecam": cam_info,
         "unet": {"steps_run": ufit["steps_run"], "hand_masked_fields": ufit.get("hand_masked_fields", 0),
                  "synthetic_artifacts": ufit.get("paste"),
-                 "final_loss": ufit["history"][-1]["loss"] if ufit["history"] else None},
+                 "final_loss": ufit["history"][-1]["loss"] if ufit["history"] else None,
+                 # max - min of its probabilities on training fields; a collapsed training is run once more
+                 **{k: ufit[k] for k in ("output_spread", "collapsed", "retried_after_collapse") if k in ufit}},
         "calibration": {**calib, "classifier_threshold": thresholds["classifier"], "gate": thresholds["gate"]},
         "seconds": seconds,
     }
@@ -627,7 +660,8 @@ def train(images=None, labels=None, *, clean=None, artifact=None, masks=None, pr
         t3 = time.perf_counter()
         pre = _pretrain_step(prof, unet, unlabelled, pretrained, f, seed, dev, work, plane, progress)
         t3a = time.perf_counter()
-        ufit = _unet_step(prof, unet, f, saliency, cam_thr, use_masks_for_training, seed, dev, work, progress)
+        ufit = _unet_step(prof, unet, f, saliency, cam_thr, use_masks_for_training, seed, dev, work, progress,
+                          pretrained=pre is not None)
         t4 = time.perf_counter()
         model = ArtifactModel(prof, cls, unet, thresholds={"classifier": cls_thr, "gate": gate}, device=dev,
                               pixel_size=pixel_size if pixel_size is not None

@@ -46,6 +46,9 @@ class UNetFitConfig:
 
 #: Target value of pixels that do not enter the loss.
 IGNORE = 2
+#: A U-Net whose probabilities on its own training fields span less than this (max - min) has collapsed to a
+#: constant output (it learned nothing it could localise; every mask would be empty or full).
+COLLAPSE_SPREAD = 0.05
 
 
 def _crop(img: np.ndarray, top: int, left: int, tile: int) -> np.ndarray:
@@ -239,3 +242,26 @@ def fit_unet(model: torch.nn.Module, images: list[np.ndarray], masks: list[np.nd
     prec.restore()
     model.eval()
     return {"history": history, "steps_run": step, "resumed_from": resumed_from}
+
+
+@torch.no_grad()
+def probability_spread(model: torch.nn.Module, images: list[np.ndarray], tile: int, device="cpu",
+                       max_images: int = 8) -> float:
+    """max - min of the U-Net's probabilities over a central ``tile`` crop (cut to the network's divisor) of up to
+    ``max_images`` of ``images``: near 0 when the network gives the same output everywhere (see
+    :data:`COLLAPSE_SPREAD`)."""
+    d = int(getattr(model, "divisor", 1))
+    lo, hi = 1.0, 0.0
+    was_training = model.training
+    model.eval()
+    for img in images[:max_images]:
+        h, w = img.shape
+        th, tw = (min(tile, h) // d) * d, (min(tile, w) // d) * d
+        if th == 0 or tw == 0:
+            continue
+        top, left = (h - th) // 2, (w - tw) // 2
+        x = torch.from_numpy(np.ascontiguousarray(img[top:top + th, left:left + tw], np.float32))[None, None]
+        p = model.probability(x.to(device)).float()
+        lo, hi = min(lo, float(p.min())), max(hi, float(p.max()))
+    model.train(was_training)
+    return max(hi - lo, 0.0)

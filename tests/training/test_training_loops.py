@@ -179,3 +179,57 @@ def test_train_runs_the_scaled_or_the_asked_number_of_unet_steps(tmp_path):
     # steps asked for explicitly (``artseg train --unet-steps``) are run exactly, not scaled
     m = artseg_core.train(plate / "images", plate / "labels.csv", profile=prof, seed=0, progress=False, unet_steps=5)
     assert m.summary["unet"]["steps_run"] == 5
+
+
+def _squares(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    imgs = [rng.random((48, 48), dtype=np.float32) * 0.2 for _ in range(4)]
+    masks = []
+    for im in imgs:
+        m = np.zeros(im.shape, bool)
+        r, c = rng.integers(8, 32, 2)
+        m[r:r + 10, c:c + 10] = True
+        im[m] += 0.8
+        masks.append(m)
+    return imgs, masks
+
+
+def test_probability_spread_tells_a_constant_output_from_a_trained_one():
+    from artseg_core.training.unet import COLLAPSE_SPREAD, probability_spread
+
+    torch.set_num_threads(1)
+    imgs, masks = _squares()
+    net = _seeded(ArtSegUNet, width=4, levels=2)
+    fit_unet(net, imgs, masks, UNetFitConfig(steps=100, batch_size=4, tile=32, lr=5e-3, seed=0))
+    assert probability_spread(net, imgs, tile=48) > 0.5          # low on the background, high on the squares
+    with torch.no_grad():
+        net.head.weight.zero_()                                   # the head ignores its features: one value
+    assert probability_spread(net, imgs, tile=48) < 1e-6 < COLLAPSE_SPREAD
+
+
+def test_a_unet_training_that_collapses_is_run_once_more_and_reported(tmp_path, caplog):
+    """A U-Net that gives one value everywhere after training is trained once more (other seed, half the step
+    size); when that collapses too, the summary and the log say so. Here it cannot learn: its head is zeroed and
+    the step size is 0."""
+    import logging
+
+    from artseg_core.data import phantoms
+    from artseg_core.io.labels import load_labeled_set
+    from artseg_core.nets.profiles import get_profile
+    from artseg_core.predict.model import ArtifactModel
+    from artseg_core.training import pipeline as P
+
+    plate = tmp_path / "plate"
+    phantoms.make_plate(plate, rows=2, cols=4, fields=1, prevalence=0.5, seed=3, shape=(64, 64))
+    prof = get_profile("tiny", unet_tile=64, unet_steps=2, unet_lr=0.0)
+    f = P._read_fields(load_labeled_set(plate / "images", plate / "labels.csv"), None, 0.2, 0, False)
+    unet = _seeded(ArtifactModel.build_unet, prof)
+    with torch.no_grad():
+        unet.head.weight.zero_()
+    saliency = {int(i): np.ones(f.imgs[i].shape, np.float32) for i in np.flatnonzero(f.y == 1)}
+    with caplog.at_level(logging.WARNING, logger="artseg.train"):
+        ufit = P._unet_step(prof, unet, f, saliency, 0.5, False, 0, "cpu", tmp_path, False, pretrained=True)
+    assert ufit["collapsed"] and ufit["output_spread"] < 1e-6
+    assert ufit["retried_after_collapse"]["output_spread"] < 1e-6
+    assert (tmp_path / "unet.ckpt").exists() and (tmp_path / "unet_retry.ckpt").exists()
+    assert "training it again" in caplog.text and "still constant" in caplog.text

@@ -366,7 +366,7 @@ def _unet_step(prof, unet, f: _Fields, saliency, cam_thr, use_masks_for_training
     term of their own; with 0 they replace the pseudo-masks in the one loss (the earlier behaviour)."""
     import torch
 
-    from artseg_core.training.unet import COLLAPSE_SPREAD, UNetFitConfig, fit_unet, probability_spread
+    from artseg_core.training.unet import MIN_MASKED_SHARE, UNetFitConfig, fit_unet, masked_share
 
     own_loss = use_masks_for_training and prof.hand_mask_fraction > 0
 
@@ -395,29 +395,31 @@ def _unet_step(prof, unet, f: _Fields, saliency, cam_thr, use_masks_for_training
                         device=dev, checkpoint=checkpoint, progress=progress, hand=hand if any(hand) else None,
                         clean=clean)
 
-    # the spread is read on artifact fields (their targets have foreground), or on any training fields
-    probe = [images[k] for k, i in enumerate(f.tr) if f.y[i] == 1] or images
+    def share() -> float:
+        return masked_share(unet, images, targets, prof.unet_tile, prof.unet_threshold, dev)
+
     ufit = fit(seed, prof.unet_lr, work / "unet.ckpt")
-    spread = probability_spread(unet, probe, prof.unet_tile, dev)
-    if spread < COLLAPSE_SPREAD:
-        # a training that collapsed to a constant output (seen once on a real-background bench plate: loss flat
-        # from the first steps, 0.24 everywhere) is run once more from other weights, with half the step size
-        log.warning("U-Net: its output is constant on its training fields (probabilities span %.3f); training it "
-                    "again (seed %d, learning rate %.1e)", spread, seed + 1, prof.unet_lr / 2)
-        first = {"output_spread": round(spread, 4), "final_loss": ufit["history"][-1]["loss"]
-                 if ufit["history"] else None}
+    masked = share()
+    if masked < MIN_MASKED_SHARE:
+        # a training that collapsed (seen once on a real-background bench plate: loss flat from the first steps,
+        # probabilities 0.1-0.3 everywhere, every mask empty) is run once more from other weights, half the step size
+        log.warning("U-Net: it masks the foreground of only %.0f%% of its training fields at its threshold %.2f; "
+                    "training it again (seed %d, learning rate %.1e)", 100 * masked, prof.unet_threshold, seed + 1,
+                    prof.unet_lr / 2)
+        first = {"training_fields_masked": round(masked, 3),
+                 "final_loss": ufit["history"][-1]["loss"] if ufit["history"] else None}
         if not pretrained:
             torch.manual_seed(seed + 1)
             start = ArtifactModel.build_unet(prof).state_dict()
         unet.load_state_dict(start)
         ufit = fit(seed + 1, prof.unet_lr / 2, work / "unet_retry.ckpt")
-        spread = probability_spread(unet, probe, prof.unet_tile, dev)
+        masked = share()
         ufit["retried_after_collapse"] = first
-        if spread < COLLAPSE_SPREAD:
-            log.error("U-Net: its output is still constant after a second training (probabilities span %.3f); "
-                      "its masks will be empty. Check the pseudo-masks in the work folder.", spread)
-    ufit["output_spread"] = round(spread, 4)
-    ufit["collapsed"] = bool(spread < COLLAPSE_SPREAD)
+        if masked < MIN_MASKED_SHARE:
+            log.error("U-Net: after a second training it still masks only %.0f%% of its training fields; its masks "
+                      "will be mostly empty. Check the pseudo-masks in the work folder.", 100 * masked)
+    ufit["training_fields_masked"] = round(masked, 3)
+    ufit["collapsed"] = bool(masked < MIN_MASKED_SHARE)
     ufit["hand_masked_fields"] = int(sum(hand))
     ufit["paste"] = {"fraction": prof.unet_paste, "clean_fields": int(sum(clean))} if prof.unet_paste > 0 else None
     return ufit
@@ -513,8 +515,9 @@ def _summary(f: _Fields, seed, dev, p_all, cfit, cam_info, ufit, calib, threshol
         "unet": {"steps_run": ufit["steps_run"], "hand_masked_fields": ufit.get("hand_masked_fields", 0),
                  "synthetic_artifacts": ufit.get("paste"),
                  "final_loss": ufit["history"][-1]["loss"] if ufit["history"] else None,
-                 # max - min of its probabilities on training fields; a collapsed training is run once more
-                 **{k: ufit[k] for k in ("output_spread", "collapsed", "retried_after_collapse") if k in ufit}},
+                 # share of its training fields whose foreground it masks; a collapsed training is run once more
+                 **{k: ufit[k] for k in ("training_fields_masked", "collapsed", "retried_after_collapse")
+                    if k in ufit}},
         "calibration": {**calib, "classifier_threshold": thresholds["classifier"], "gate": thresholds["gate"]},
         "seconds": seconds,
     }

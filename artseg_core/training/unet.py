@@ -46,9 +46,9 @@ class UNetFitConfig:
 
 #: Target value of pixels that do not enter the loss.
 IGNORE = 2
-#: A U-Net whose probabilities on its own training fields span less than this (max - min) has collapsed to a
-#: constant output (it learned nothing it could localise; every mask would be empty or full).
-COLLAPSE_SPREAD = 0.05
+#: A U-Net that reaches its threshold near the target foreground of fewer than this share of its own training
+#: fields has collapsed (it learned nothing it can localise; its masks would be empty).
+MIN_MASKED_SHARE = 0.25
 
 
 def _crop(img: np.ndarray, top: int, left: int, tile: int) -> np.ndarray:
@@ -244,24 +244,32 @@ def fit_unet(model: torch.nn.Module, images: list[np.ndarray], masks: list[np.nd
     return {"history": history, "steps_run": step, "resumed_from": resumed_from}
 
 
+
 @torch.no_grad()
-def probability_spread(model: torch.nn.Module, images: list[np.ndarray], tile: int, device="cpu",
-                       max_images: int = 8) -> float:
-    """max - min of the U-Net's probabilities over a central ``tile`` crop (cut to the network's divisor) of up to
-    ``max_images`` of ``images``: near 0 when the network gives the same output everywhere (see
-    :data:`COLLAPSE_SPREAD`)."""
+def masked_share(model: torch.nn.Module, images: list[np.ndarray], targets: list[np.ndarray], tile: int,
+                 threshold: float, device="cpu", max_images: int = 16) -> float:
+    """Share of (up to ``max_images``) training fields with target foreground where the U-Net reaches ``threshold``
+    anywhere in a ``tile`` crop (cut to the network's divisor) centred on their foreground: near 0 when the
+    network masks nothing even where it was taught to (see :data:`MIN_MASKED_SHARE`)."""
     d = int(getattr(model, "divisor", 1))
-    lo, hi = 1.0, 0.0
+    hits, n = 0, 0
     was_training = model.training
     model.eval()
-    for img in images[:max_images]:
+    for img, t in zip(images, targets):
+        fg = np.argwhere(np.asarray(t) == 1)
+        if not len(fg):
+            continue
         h, w = img.shape
         th, tw = (min(tile, h) // d) * d, (min(tile, w) // d) * d
         if th == 0 or tw == 0:
             continue
-        top, left = (h - th) // 2, (w - tw) // 2
+        cy, cx = fg[len(fg) // 2]
+        top = int(np.clip(cy - th // 2, 0, h - th))
+        left = int(np.clip(cx - tw // 2, 0, w - tw))
         x = torch.from_numpy(np.ascontiguousarray(img[top:top + th, left:left + tw], np.float32))[None, None]
-        p = model.probability(x.to(device)).float()
-        lo, hi = min(lo, float(p.min())), max(hi, float(p.max()))
+        hits += bool(float(model.probability(x.to(device)).float().max()) >= threshold)
+        n += 1
+        if n == max_images:
+            break
     model.train(was_training)
-    return max(hi - lo, 0.0)
+    return hits / n if n else 1.0

@@ -188,22 +188,25 @@ def test_train_runs_the_scaled_or_the_asked_number_of_unet_steps(tmp_path):
     assert m.summary["unet"]["steps_run"] == 5
 
 
-def test_probability_spread_tells_a_constant_output_from_a_trained_one():
-    from artseg_core.training.unet import COLLAPSE_SPREAD, probability_spread
+def test_masked_share_tells_a_trained_unet_from_a_collapsed_one():
+    from artseg_core.training.unet import MIN_MASKED_SHARE, masked_share
 
     torch.set_num_threads(1)
     imgs, masks = _squares()
     net = _seeded(ArtSegUNet, width=4, levels=2)
     fit_unet(net, imgs, masks, UNetFitConfig(steps=100, batch_size=4, tile=32, lr=5e-3, seed=0))
-    assert probability_spread(net, imgs, tile=48) > 0.5          # low on the background, high on the squares
-    with torch.no_grad():
-        net.head.weight.zero_()                                   # the head ignores its features: one value
-    assert probability_spread(net, imgs, tile=48) < 1e-6 < COLLAPSE_SPREAD
+    assert masked_share(net, imgs, masks, tile=32, threshold=0.5) == 1.0   # it masks every square it was taught
+    with torch.no_grad():                      # collapsed: the head ignores its features, one low value everywhere
+        net.head.weight.zero_()
+        net.head.bias.fill_(-3.0)
+    assert masked_share(net, imgs, masks, tile=32, threshold=0.5) == 0.0 < MIN_MASKED_SHARE
+    # fields without target foreground are not probed
+    assert masked_share(net, imgs, [np.zeros_like(m) for m in masks], tile=32, threshold=0.5) == 1.0
 
 
 def test_a_unet_training_that_collapses_is_run_once_more_and_reported(tmp_path, caplog):
-    """A U-Net that gives one value everywhere after training is trained once more (other seed, half the step
-    size); when that collapses too, the summary and the log say so. Here it cannot learn: its head is zeroed and
+    """A U-Net that masks nothing of what it was taught is trained once more (other seed, half the step size); when
+    that collapses too, the summary and the log say so. Here it cannot learn: its head gives one low value and
     the step size is 0."""
     import logging
 
@@ -220,10 +223,11 @@ def test_a_unet_training_that_collapses_is_run_once_more_and_reported(tmp_path, 
     unet = _seeded(ArtifactModel.build_unet, prof)
     with torch.no_grad():
         unet.head.weight.zero_()
+        unet.head.bias.fill_(-3.0)
     saliency = {int(i): np.ones(f.imgs[i].shape, np.float32) for i in np.flatnonzero(f.y == 1)}
     with caplog.at_level(logging.WARNING, logger="artseg.train"):
         ufit = P._unet_step(prof, unet, f, saliency, 0.5, False, 0, "cpu", tmp_path, False, pretrained=True)
-    assert ufit["collapsed"] and ufit["output_spread"] < 1e-6
-    assert ufit["retried_after_collapse"]["output_spread"] < 1e-6
+    assert ufit["collapsed"] and ufit["training_fields_masked"] == 0.0
+    assert ufit["retried_after_collapse"]["training_fields_masked"] == 0.0
     assert (tmp_path / "unet.ckpt").exists() and (tmp_path / "unet_retry.ckpt").exists()
-    assert "training it again" in caplog.text and "still constant" in caplog.text
+    assert "training it again" in caplog.text and "still masks only" in caplog.text

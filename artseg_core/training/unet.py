@@ -10,6 +10,7 @@ of a pseudo-mask). Images marked as hand-masked (``hand``) are drawn for ``hand_
 by a loss term of their own (weight ``hand_weight``), so a few exact masks are neither diluted by nor averaged into
 the pseudo-masks. Images marked clean (``clean``) are exact background; with ``paste_fraction > 0`` that share of
 their crops get synthetic artifacts drawn in (:mod:`artseg_core.training.paste`), whose masks are exact.
+:func:`masked_share` tells a training that collapsed (one value everywhere) from one that learned its targets.
 """
 from __future__ import annotations
 
@@ -242,7 +243,6 @@ def fit_unet(model: torch.nn.Module, images: list[np.ndarray], masks: list[np.nd
     prec.restore()
     model.eval()
     return {"history": history, "steps_run": step, "resumed_from": resumed_from}
-
 
 
 @torch.no_grad()

@@ -384,7 +384,8 @@ def _unet_step(prof, unet, f: _Fields, saliency, cam_thr, use_masks_for_training
              f"[{prof.pseudo_ignore:g} x threshold, threshold)" if prof.pseudo_ignore > 0 else "none",
              f"{prof.unet_paste:.0%} of the crops of {sum(clean)} clean fields" if prof.unet_paste > 0 else "none")
     images, targets = [f.imgs[i] for i in f.tr], [target(int(i)) for i in f.tr]
-    start = {k: v.detach().clone() for k, v in unet.state_dict().items()}  # fresh or pretrained weights
+    # a retry starts again from the pretrained weights (else from fresh ones)
+    start = {k: v.detach().clone() for k, v in unet.state_dict().items()} if pretrained else None
 
     def fit(run_seed: int, lr: float, checkpoint: Path) -> dict:
         return fit_unet(unet, images, targets,
@@ -408,7 +409,7 @@ def _unet_step(prof, unet, f: _Fields, saliency, cam_thr, use_masks_for_training
                     prof.unet_lr / 2)
         first = {"training_fields_masked": round(masked, 3),
                  "final_loss": ufit["history"][-1]["loss"] if ufit["history"] else None}
-        if not pretrained:
+        if start is None:
             torch.manual_seed(seed + 1)
             start = ArtifactModel.build_unet(prof).state_dict()
         unet.load_state_dict(start)

@@ -62,6 +62,12 @@ def _crop(img: np.ndarray, top: int, left: int, tile: int) -> np.ndarray:
     return out
 
 
+def _centred_at(c, shape: tuple[int, int], tile: int) -> tuple[int, int]:
+    """Top-left corner of a ``tile`` crop centred on pixel ``c`` (row, column), kept inside the image."""
+    h, w = shape
+    return int(np.clip(c[0] - tile // 2, 0, max(h - tile, 0))), int(np.clip(c[1] - tile // 2, 0, max(w - tile, 0)))
+
+
 def _sample_crops(images, masks, fg_coords, idx, tile, g: torch.Generator, fg_frac: float):
     xs, ys = [], []
     for i in idx.tolist():
@@ -70,9 +76,7 @@ def _sample_crops(images, masks, fg_coords, idx, tile, g: torch.Generator, fg_fr
         r = torch.rand(3, generator=g).tolist()
         coords = fg_coords[i]
         if coords is not None and len(coords) and r[0] < fg_frac:
-            c = coords[int(r[1] * len(coords)) % len(coords)]
-            top = int(np.clip(c[0] - tile // 2, 0, max(h - tile, 0)))
-            left = int(np.clip(c[1] - tile // 2, 0, max(w - tile, 0)))
+            top, left = _centred_at(coords[int(r[1] * len(coords)) % len(coords)], img.shape, tile)
         else:
             top = int(r[1] * max(h - tile + 1, 1))
             left = int(r[2] * max(w - tile + 1, 1))
@@ -249,9 +253,8 @@ def fit_unet(model: torch.nn.Module, images: list[np.ndarray], masks: list[np.nd
 def masked_share(model: torch.nn.Module, images: list[np.ndarray], targets: list[np.ndarray], tile: int,
                  threshold: float, device="cpu", max_images: int = 16) -> float:
     """Share of (up to ``max_images``) training fields with target foreground where the U-Net reaches ``threshold``
-    anywhere in a ``tile`` crop (cut to the network's divisor) centred on their foreground: near 0 when the
-    network masks nothing even where it was taught to (see :data:`MIN_MASKED_SHARE`)."""
-    d = int(getattr(model, "divisor", 1))
+    anywhere in a training-size crop (``tile``) centred on their foreground: near 0 when the network masks nothing
+    even where it was taught to (see :data:`MIN_MASKED_SHARE`)."""
     hits, n = 0, 0
     was_training = model.training
     model.eval()
@@ -259,14 +262,8 @@ def masked_share(model: torch.nn.Module, images: list[np.ndarray], targets: list
         fg = np.argwhere(np.asarray(t) == 1)
         if not len(fg):
             continue
-        h, w = img.shape
-        th, tw = (min(tile, h) // d) * d, (min(tile, w) // d) * d
-        if th == 0 or tw == 0:
-            continue
-        cy, cx = fg[len(fg) // 2]
-        top = int(np.clip(cy - th // 2, 0, h - th))
-        left = int(np.clip(cx - tw // 2, 0, w - tw))
-        x = torch.from_numpy(np.ascontiguousarray(img[top:top + th, left:left + tw], np.float32))[None, None]
+        crop = _crop(img, *_centred_at(fg[len(fg) // 2], img.shape, tile), tile)
+        x = torch.from_numpy(np.ascontiguousarray(crop, np.float32))[None, None]
         hits += bool(float(model.probability(x.to(device)).float().max()) >= threshold)
         n += 1
         if n == max_images:

@@ -150,7 +150,6 @@ def _squares(seed: int = 0):
     return imgs, masks
 
 
-
 def test_fast_math_unet_learns():
     torch.set_num_threads(1)
     imgs, masks = _squares()

@@ -20,7 +20,10 @@
              (its own 0.5 boundary), pseudo-masks with an ignored band
 * masks_K    weak plus hand masks of K artifact training fields (own loss term, oversampled)
 * zero_label the clean training fields only: a normality model of them (``artseg train --clean DIR``)
-* baseline   no learning: pixels that deviate strongly from a smoothed background (robust z-score), cleaned
+* baseline   no learning: pixels that deviate strongly from a smoothed background (robust z-score > 4), cleaned;
+             ``baseline_clean``: the same detector with its z chosen on the training plate's clean fields by the
+             zero-label mode's rule (leave ``zero_label_clean_empty`` of them without an object): the comparison
+             at the same share of empty clean fields
 Learned variants whose classifiers have the same head (pooling) and paste share use one classifier (same seed,
 trained once, or taken from ``--classifier-from`` for the profile's head), so they differ only in their U-Net
 targets. Pixel IoU is the mean over the test plate's artifact images; image F1 is the classifier's on the test
@@ -28,7 +31,9 @@ plate; ``local_iou_by_kind`` scores each true object in a window around it, per 
 supervision reaches); ``image_recall_by_kind`` is the share of test fields holding a kind that were flagged, and
 ``classifier_train_accuracy`` how well the classifier fits its own training fields. Prints one final JSON line.
 ``--train-fields`` asks how the numbers move with the size of the labelled plate (the classifier is short of data at
-200 fields). ``clean_empty`` is the fraction of clean test fields with no predicted pixel. ``--backgrounds DIR``
+200 fields). ``clean_empty`` is the fraction of clean test fields with no predicted pixel; on the real-background
+plate ``clean_empty_by_source`` gives it per real image folder ([share, clean fields]), because some folders'
+"clean" crops carry real dust or debris specks that their SOURCE.md reports. ``--backgrounds DIR``
 builds both plates from real transmitted-light images (``bench/real_plate.py``: crops of regions without real
 artifacts, with composited artifacts) instead of phantoms.
 """
@@ -55,8 +60,8 @@ from artseg_core.imgproc.postprocess import clean_mask  # noqa: E402
 from artseg_core.nets.profiles import get_profile  # noqa: E402
 
 
-def baseline_mask(image: np.ndarray, z: float = 4.0, min_size: int = 64) -> np.ndarray:
-    """Non-learned detector: |image - smooth background| / robust noise > z, closed, small objects removed."""
+def baseline_score(image: np.ndarray) -> np.ndarray:
+    """The non-learned detector's map: robust z-score of |image - smooth background| (Gaussian sigma 2)."""
     from scipy import ndimage as ndi
 
     x = normalize(image)
@@ -65,9 +70,26 @@ def baseline_mask(image: np.ndarray, z: float = 4.0, min_size: int = 64) -> np.n
     dev = np.abs(x - bg)
     dev = ndi.gaussian_filter(dev, 2)
     mad = np.median(np.abs(dev - np.median(dev))) + 1e-6
-    score = (dev - np.median(dev)) / (1.4826 * mad)
-    m = ndi.binary_closing(score > z, iterations=2)
+    return ((dev - np.median(dev)) / (1.4826 * mad)).astype(np.float32)
+
+
+def baseline_mask(image: np.ndarray, z: float = 4.0, min_size: int = 64) -> np.ndarray:
+    """Non-learned detector: :func:`baseline_score` > z, closed, small objects removed."""
+    from scipy import ndimage as ndi
+
+    m = ndi.binary_closing(baseline_score(image) > z, iterations=2)
     return clean_mask(m.astype(np.float32), 0.5, min_size=min_size)
+
+
+def baseline_clean_z(plate: Path, target_empty: float, min_size: int = 64) -> float:
+    """The detector's z chosen as the zero-label mode chooses its threshold: the lowest z that leaves
+    ``target_empty`` of the training plate's clean fields without an object of ``min_size`` px (the same clean
+    fields and rule; the fixed z = 4 leaves most clean fields with a mask)."""
+    from artseg_core.weak.evidence import clean_field_threshold
+
+    clean = Path(_clean_fields(plate, plate.parent / "baseline_clean_fields"))
+    maps = [baseline_score(read_image(p)) for p in list_images([clean])]
+    return clean_field_threshold(maps, min_size, target_empty)[0]
 
 
 def test_set(plate: Path):
@@ -82,6 +104,16 @@ def test_set(plate: Path):
     with open(plate / "artifacts.csv") as fh:
         types = {(Path(r["image"]).stem, int(r["object"])): r["type"] for r in csv.DictReader(fh)}
     return imgs, truth, labels, types
+
+
+def field_sources(plate: Path) -> dict:
+    """{field stem: real image folder} of a real-background plate (its ``sources.csv``); {} for a phantom plate."""
+    import csv
+
+    if not (plate / "sources.csv").is_file():
+        return {}
+    with open(plate / "sources.csv") as fh:
+        return {Path(r["image"]).stem: r["source"] for r in csv.DictReader(fh)}
 
 
 def _route(profile_name: str, keys: tuple[str, ...]) -> dict:
@@ -108,7 +140,20 @@ def clean_empty(preds: dict, labels: dict) -> float:
     return float(np.mean([not np.asarray(preds[s]).any() for s in clean])) if clean else float("nan")
 
 
-def score_model(model, imgs, truth, labels, types=None) -> dict:
+def clean_empty_by_source(preds: dict, labels: dict, sources: dict) -> dict:
+    """:func:`clean_empty` per real image folder, with its number of clean fields: {source: [share, fields]}. Some
+    sources' "clean" crops carry small real artifacts their SOURCE.md reports (dust specks on sephace_zstacks,
+    debris specks on usiigaci_t98g_phase), so a mask there is not always a false positive."""
+    out = {}
+    for src in sorted(set(sources.values())):
+        sub = {s: p for s, p in preds.items() if sources.get(s) == src}
+        n = sum(labels[s] == 0 for s in sub)
+        if n:
+            out[src] = [round(clean_empty(sub, labels), 3), int(n)]
+    return out
+
+
+def score_model(model, imgs, truth, labels, types=None, sources=None) -> dict:
     preds, ys, ps, fl = {}, [], [], []
     for s, im in imgs.items():
         r = model.predict(im, gate=True)
@@ -123,7 +168,7 @@ def score_model(model, imgs, truth, labels, types=None) -> dict:
             "iou": rep["pixel_artifact_images"]["mean_iou"], "pooled_iou": rep["pixel_artifact_images"]["pooled_iou"],
             "object_f1": rep["object"]["f1"], "image_f1": im["f1"], "image_precision": im["precision"],
             "image_recall": im["recall"], "image_roc_auc": roc_auc(ys, ps), "clean_empty": clean_empty(preds, labels),
-            **_kind_iou(rep)}
+            "clean_empty_by_source": clean_empty_by_source(preds, labels, sources or {}), **_kind_iou(rep)}
 
 
 def _kind_recall(flagged: dict, types: dict) -> dict:
@@ -257,6 +302,7 @@ def main(argv=None) -> dict:
         make_plate(trp, **tr_shape, prevalence=0.5, seed=a.seed, shape=(size, size), plate="train")
         make_plate(tep, **te_shape, prevalence=0.5, seed=a.seed + 1000, shape=(size, size), plate="test")
     imgs, truth, labels, types = test_set(tep)
+    sources = field_sources(tep)
     results, seconds, pretrain_s, cls_train_acc = {}, {}, {}, {}
     catalogue = {"weak": dict(EVIDENCE), "weak_evidence": dict(EVIDENCE), "weak_paper": dict(PAPER),
                  "weak_edge": dict(PAPER), "weak_cam": dict(PAPER, edge_refine=False), "weak_mil": dict(MIL),
@@ -306,15 +352,19 @@ def main(argv=None) -> dict:
             cls_train_acc[name] = round(fit, 3)
         if not model.zero_label:
             shared.setdefault(cls_key, out / f"{name}.artseg")
-        results[name] = score_model(load_model(out / f"{name}.artseg"), imgs, truth, labels, types)
+        results[name] = score_model(load_model(out / f"{name}.artseg"), imgs, truth, labels, types, sources)
         print(name, results[name], f"{seconds[name]} s", flush=True)
-    base_preds = {s: baseline_mask(im) for s, im in imgs.items()}
-    base = evaluate_arrays(base_preds, truth, types=types)
-    results["baseline"] = {"iou": base["pixel_artifact_images"]["mean_iou"],
-                           "pooled_iou": base["pixel_artifact_images"]["pooled_iou"], "object_f1": base["object"]["f1"],
-                           "clean_empty": clean_empty(base_preds, labels), **_kind_iou(base)}
+    z_clean = baseline_clean_z(trp, get_profile(profile).zero_label_clean_empty)
+    for name, z in (("baseline", 4.0), ("baseline_clean", z_clean)):
+        base_preds = {s: baseline_mask(im, z=z) for s, im in imgs.items()}
+        base = evaluate_arrays(base_preds, truth, types=types)
+        results[name] = {"iou": base["pixel_artifact_images"]["mean_iou"],
+                         "pooled_iou": base["pixel_artifact_images"]["pooled_iou"], "object_f1": base["object"]["f1"],
+                         "clean_empty": clean_empty(base_preds, labels), "z": round(float(z), 2),
+                         "clean_empty_by_source": clean_empty_by_source(base_preds, labels, sources),
+                         **_kind_iou(base)}
     r4 = {v: {k: (round(x, 4) if isinstance(x, float) else x) for k, x in r.items()
-              if k not in ("local_iou_by_kind", "image_recall_by_kind")}
+              if k not in ("local_iou_by_kind", "image_recall_by_kind", "clean_empty_by_source")}
           for v, r in results.items()}
     weak_best = results["weak"]["iou"] if "weak" in results else None
     line = {
@@ -334,6 +384,8 @@ def main(argv=None) -> dict:
                               for k in sorted(set().union(*(r["local_iou_by_kind"] for r in results.values())))},
         "image_recall_by_kind": {v: results[v]["image_recall_by_kind"] for v in results
                                  if results[v].get("image_recall_by_kind")},
+        "clean_empty_by_source": {v: results[v]["clean_empty_by_source"] for v in results
+                                  if results[v].get("clean_empty_by_source")},
         "details": results, "seconds": {**seconds, "total": round(time.perf_counter() - t0, 1)},
     }
     print(json.dumps(line))

@@ -53,8 +53,13 @@ SOURCES = (
 )
 
 
+def _source_name(s: Source) -> str:
+    """The folder a source's images lie in (``sephace_zstacks``, ...): how ``sources.csv`` names it."""
+    return s.pattern.split("/", 1)[0]
+
+
 def _pools(root: Path, split: str, size: int):
-    """Per source: list of (image as float32 in uint16 units, allowed region) for this split."""
+    """Per source: (folder name, list of (image as float32 in uint16 units, allowed region)) for this split."""
     from artseg_core.io.images import read_image
 
     pools = []
@@ -83,7 +88,7 @@ def _pools(root: Path, split: str, size: int):
             if r1 - r0 >= size and c1 - c0 >= size:
                 items.append((a, (r0, r1, c0, c1)))
         if items:
-            pools.append(items)
+            pools.append((_source_name(s), items))
     if not pools:
         raise FileNotFoundError(f"no real background images under {root}")
     return pools
@@ -122,7 +127,8 @@ def _composite(bg: np.ndarray, seed: int, kinds: list[str]):
 def make_real_plate(out_dir, n_fields: int, split: str, prevalence: float = 0.5, seed: int = 0, size: int = 512,
                     root: Path | None = None, kinds=None) -> Path:
     """Write a plate in :func:`artseg_core.data.phantoms.make_plate`'s layout (images/, masks/, labels.csv,
-    artifacts.csv) from real backgrounds; returns the path of labels.csv."""
+    artifacts.csv) from real backgrounds, plus ``sources.csv`` (image, source folder: which real images a field was
+    cropped from); returns the path of labels.csv."""
     from artseg_core.data.phantoms import ARTIFACT_KINDS
     from artseg_core.io.files import write_tiff
 
@@ -136,9 +142,9 @@ def make_real_plate(out_dir, n_fields: int, split: str, prevalence: float = 0.5,
     n_art = int(round(prevalence * n_fields))
     is_art = np.zeros(n_fields, bool)
     is_art[rng.permutation(n_fields)[:n_art]] = True
-    rows, arts = [], []
+    rows, arts, origin = [], [], []
     for i in range(n_fields):
-        pool = pools[i % len(pools)]
+        source, pool = pools[i % len(pools)]
         a, region = pool[int(rng.integers(len(pool)))]
         bg = _crop(rng, a, region, size)
         name = f"{split}_f{i:04d}"
@@ -150,6 +156,7 @@ def make_real_plate(out_dir, n_fields: int, split: str, prevalence: float = 0.5,
         write_tiff(out / "images" / f"{name}.tif", np.rint(img).astype(np.uint16))
         write_tiff(out / "masks" / f"{name}.tif", lab.astype(np.uint16))
         rows.append((f"{name}.tif", "artifact" if types else "clean"))
+        origin.append((f"{name}.tif", source))
         for obj, kind in sorted(types.items()):
             arts.append((f"{name}.tif", obj, kind, int((lab == obj).sum())))
     with open(out / "labels.csv", "w", newline="") as fh:
@@ -160,4 +167,8 @@ def make_real_plate(out_dir, n_fields: int, split: str, prevalence: float = 0.5,
         w = csv.writer(fh)
         w.writerow(["image", "object", "type", "area"])
         w.writerows(arts)
+    with open(out / "sources.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image", "source"])
+        w.writerows(origin)
     return out / "labels.csv"

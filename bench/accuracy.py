@@ -122,14 +122,15 @@ def _route(profile_name: str, keys: tuple[str, ...]) -> dict:
     return {k: getattr(prof, k) for k in keys}
 
 
-#: the default route's pseudo-masks (profile fast)
-EVIDENCE = _route("fast", ("cam_source", "edge_refine", "pseudo_ignore"))
+#: the default route (profile fast): its pseudo-masks, classifier head and U-Net cut, also under --quick's tiny profile
+EVIDENCE = _route("fast", ("cam_source", "edge_refine", "pseudo_ignore", "cls_pool", "cls_pool_param",
+                           "unet_threshold"))
 #: share of clean-field U-Net crops given synthetic artifacts in the weak_paste variant (training/paste.py)
 PASTE = 0.5
 #: share of clean classifier training images given synthetic artifacts (and the artifact label) in weak_paste_all
 CLS_PASTE = 0.3
 #: the multiple-instance route (profile mil)
-MIL = _route("mil", ("cls_pool", "cls_pool_param", "cam_source", "edge_refine", "pseudo_ignore"))
+MIL = _route("mil", ("cls_pool", "cls_pool_param", "cam_source", "edge_refine", "pseudo_ignore", "unet_threshold"))
 #: the paper's route: Score-CAM x edge map on the average-pooling head (profile scorecam)
 PAPER = _route("scorecam", ("cam_source", "edge_refine", "pseudo_ignore", "cls_pool", "unet_threshold"))
 
@@ -320,12 +321,14 @@ def main(argv=None) -> dict:
         elif v not in catalogue:
             ap.error(f"unknown variant {v!r}")
     variants = [(v, catalogue[v]) for v in names]
-    # one classifier per head (pooling) and classifier paste share, shared by its variants
-    base_pool = get_profile(profile).cls_pool
+    # one classifier per head (pooling and its parameter) and classifier paste share, shared by its variants
+    prof0 = get_profile(profile)
 
     def classifier_key(kw: dict) -> tuple:
         merged = {**settings, **kw}
-        return merged.get("cls_pool", base_pool), float(merged.get("cls_paste", 0.0))
+        pool = merged.get("cls_pool", prof0.cls_pool)
+        param = float(merged.get("cls_pool_param", prof0.cls_pool_param)) if pool != "avg" else None
+        return pool, param, float(merged.get("cls_paste", 0.0))
 
     shared: dict[tuple, Path] = {}
     if a.classifier_from is not None:

@@ -85,11 +85,13 @@ def baseline_clean_z(plate: Path, target_empty: float, min_size: int = 64) -> fl
     """The detector's z chosen as the zero-label mode chooses its threshold: the lowest z that leaves
     ``target_empty`` of the training plate's clean fields without an object of ``min_size`` px (the same clean
     fields and rule; the fixed z = 4 leaves most clean fields with a mask)."""
+    import csv
+
     from artseg_core.weak.evidence import clean_field_threshold
 
-    clean = Path(_clean_fields(plate, plate.parent / "baseline_clean_fields"))
-    maps = [baseline_score(read_image(p)) for p in list_images([clean])]
-    return clean_field_threshold(maps, min_size, target_empty)[0]
+    with open(plate / "labels.csv") as fh:
+        clean = [plate / "images" / r["image"] for r in csv.DictReader(fh) if r["label"] == "clean"]
+    return clean_field_threshold([baseline_score(read_image(p)) for p in clean], min_size, target_empty)[0]
 
 
 def test_set(plate: Path):

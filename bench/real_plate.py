@@ -5,8 +5,10 @@ Fields are crops (default 512 x 512, random position, flip and 90-degree turn) o
 real artifacts are cropped from, so that every artifact pixel of a field is a composited one with an exact mask:
 
 * ``usiigaci_t98g_phase``  phase contrast, T98G cells: rows 512-1022, columns 150-1024 (left of it the channel
-  wall; the scratch and the out-of-focus blob are in the upper right). The small dark debris specks SOURCE.md reports
-  over the whole background cannot be avoided: they stay unlabelled, so a detector that marks them loses a little.
+  wall; the scratch and the out-of-focus blob are in the upper right). That region is 510 rows high, so it gives
+  crops of 256 px (``--quick``) but not of 512: the full-size plates hold the other three sources. The small dark
+  debris specks SOURCE.md reports over the whole background cannot be avoided: they stay unlabelled, so a detector
+  that marks them loses a little.
 * ``pie_yeast_brightfield``  SL_180519 (2_AT and 2_GR; the cleanest sets, rows from 64 to skip the dark dot at the
   top edge) and EP_170202 xy0735 / xy0737 (rows 200-1960, columns 0-2300: away from the top band, the dust dot at
   the right edge and the large blob of xy0736). SL_170619 (dust blob, fibres, pad edge in most fields) is left out.

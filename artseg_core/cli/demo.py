@@ -70,6 +70,9 @@ def cellprofiler_folder(out, plate, model_path, progress: bool = False) -> tuple
             shutil.copy2(f, inp / f.name)
     shutil.copy2(model_path, inp / "model.artseg")
     run = root / "artseg"
+    # the demo's own batch folder, from an earlier demo's model: the batch runner rightly refuses to mix results
+    # of two models, so a rerun of the demo replaces it
+    shutil.rmtree(run, ignore_errors=True)
     s = run_batch(inp, inp / "model.artseg", run, channel="1", progress=progress, report=False)
     if s.exit_code != 0:
         raise RuntimeError(f"artseg batch on {inp} failed (exit {s.exit_code}); see {run / 'batch.log'}")
@@ -229,8 +232,10 @@ def run_demo(out, seed: int = 0, quick: bool = False, progress: bool = True) -> 
     t1 = time.perf_counter()
     profile = "tiny" if quick else "fast"
     print(f"[2/4] training the '{profile}' profile from image-level labels ...", flush=True)
+    # the plates were just written anew (new file times), so the work folder of an earlier, interrupted demo can
+    # never match them: start the training afresh rather than stop with a work-folder error
     model = train(train_plate / "images", train_plate / "labels.csv", profile=profile, seed=seed,
-                  work_dir=out / "train_work", progress=progress)
+                  work_dir=out / "train_work", progress=progress, restart=True)
     model_path = model.save(out / "model.artseg")
     t2 = time.perf_counter()
     print(f"[3/4] predicting the held-apart plate -> {out / 'predictions'} ...", flush=True)

@@ -73,11 +73,13 @@ def baseline_score(image: np.ndarray) -> np.ndarray:
     return ((dev - np.median(dev)) / (1.4826 * mad)).astype(np.float32)
 
 
-def baseline_mask(image: np.ndarray, z: float = 4.0, min_size: int = 64) -> np.ndarray:
-    """Non-learned detector: :func:`baseline_score` > z, closed, small objects removed."""
+def baseline_mask(image: np.ndarray, z: float = 4.0, min_size: int = 64, score: np.ndarray | None = None
+                  ) -> np.ndarray:
+    """Non-learned detector: :func:`baseline_score` > z, closed, small objects removed (``score``: the image's
+    :func:`baseline_score`, when already computed)."""
     from scipy import ndimage as ndi
 
-    m = ndi.binary_closing(baseline_score(image) > z, iterations=2)
+    m = ndi.binary_closing((baseline_score(image) if score is None else score) > z, iterations=2)
     return clean_mask(m.astype(np.float32), 0.5, min_size=min_size)
 
 
@@ -85,13 +87,17 @@ def baseline_clean_z(plate: Path, target_empty: float, min_size: int = 64) -> fl
     """The detector's z chosen as the zero-label mode chooses its threshold: the lowest z that leaves
     ``target_empty`` of the training plate's clean fields without an object of ``min_size`` px (the same clean
     fields and rule; the fixed z = 4 leaves most clean fields with a mask)."""
-    import csv
-
     from artseg_core.weak.evidence import clean_field_threshold
 
-    with open(plate / "labels.csv") as fh:
-        clean = [plate / "images" / r["image"] for r in csv.DictReader(fh) if r["label"] == "clean"]
-    return clean_field_threshold([baseline_score(read_image(p)) for p in clean], min_size, target_empty)[0]
+    maps = [baseline_score(read_image(p)) for p in _clean_paths(plate)]
+    return clean_field_threshold(maps, min_size, target_empty)[0]
+
+
+def _clean_paths(plate: Path) -> list[Path]:
+    """The clean fields of a plate (its labels.csv)."""
+    from artseg_core.io.labels import read_labels_csv
+
+    return [p for p, label in read_labels_csv(plate / "labels.csv", plate / "images") if label == 0]
 
 
 def test_set(plate: Path):
@@ -238,13 +244,9 @@ def _unlabelled_plate(out: Path, a, size: int) -> Path:
 
 def _clean_fields(plate: Path, out: Path) -> Path:
     """A folder with the clean training fields only: the zero-label variant's whole training set."""
-    import csv
-
     out.mkdir(parents=True)
-    with open(plate / "labels.csv") as fh:
-        for r in csv.DictReader(fh):
-            if r["label"] == "clean":
-                shutil.copy(plate / "images" / r["image"], out / Path(r["image"]).name)
+    for p in _clean_paths(plate):
+        shutil.copy(p, out / p.name)
     return out
 
 
@@ -360,8 +362,9 @@ def main(argv=None) -> dict:
         results[name] = score_model(load_model(out / f"{name}.artseg"), imgs, truth, labels, types, sources)
         print(name, results[name], f"{seconds[name]} s", flush=True)
     z_clean = baseline_clean_z(trp, get_profile(profile).zero_label_clean_empty)
+    base_scores = {s: baseline_score(im) for s, im in imgs.items()}
     for name, z in (("baseline", 4.0), ("baseline_clean", z_clean)):
-        base_preds = {s: baseline_mask(im, z=z) for s, im in imgs.items()}
+        base_preds = {s: baseline_mask(im, z=z, score=base_scores[s]) for s, im in imgs.items()}
         base = evaluate_arrays(base_preds, truth, types=types)
         results[name] = {"iou": base["pixel_artifact_images"]["mean_iou"],
                          "pooled_iou": base["pixel_artifact_images"]["pooled_iou"], "object_f1": base["object"]["f1"],

@@ -584,3 +584,15 @@ def test_demo_folder_runs_with_the_printed_command(plate, trained_model_path, st
     _ok(proc)
     rows = read_table(Path(nuclei[nuclei.index("-o") + 1]) / "Image.csv")
     assert sorted(r["FileName_Brightfield"] for r in rows) == sorted(f"{s}_w1.tif" for s in stems)
+    # a second demo in the same folder, with the model of a new training: its batch folder replaces the first's
+    # (the batch runner refuses to mix two models' results in one folder)
+    from artseg_core import load_model
+
+    other = load_model(trained_model_path)
+    other.thresholds["unet"] = 0.9 if other.thresholds["unet"] != 0.9 else 0.8
+    retrained = other.save(tmp_path / "retrained.artseg")
+    first_manifest = (tmp_path / "cellprofiler" / "artseg" / "loaddata.csv").read_text()
+    inp2, _commands = cellprofiler_folder(tmp_path, plate, retrained)
+    assert inp2 == inp and (inp / "model.artseg").read_bytes() == Path(retrained).read_bytes()
+    assert (tmp_path / "cellprofiler" / "artseg" / "loaddata.csv").read_text().count("\n") == \
+        first_manifest.count("\n")

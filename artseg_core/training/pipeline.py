@@ -265,7 +265,9 @@ def _evidence_step(prof, f: _Fields, seed, work, keep, progress):
       included) -> which compact objects are artifacts;
     * pseudo-mask = kept objects | evidence map above its threshold. Both thresholds are the lowest that leave
       ``evidence_clean_empty`` of the held-out clean validation fields without a kept object / an evidence object
-      of ``evidence_min_size`` px (with validation hand masks, the map's threshold is chosen on those instead).
+      of ``evidence_min_size`` px (with validation hand masks, the map's threshold is chosen on those instead);
+    * optionally (``evidence_normal_ignore``), the map's pseudo-mask pixels that look like clean fields' pixels
+      leave the U-Net loss (:func:`_ignore_normal_pixels`).
     """
     import torch
 
@@ -322,26 +324,58 @@ def _evidence_step(prof, f: _Fields, seed, work, keep, progress):
         source = (f"lowest leaving {empty:.0%} of {len(ref)} {'validation' if clean_val else 'training'} clean "
                   f"fields without an object of {ms} px")
 
-    def pseudo_of(i):
+    def kept_objects(i):
         lab, _n = cands[i]
-        keep_obj = np.concatenate([[False], obj_scores[i] >= obj_thr])
-        return keep_obj[lab] | clean_mask(maps[i], thr, min_size=ms)
+        return np.concatenate([[False], obj_scores[i] >= obj_thr])[lab]
 
-    pseudo = {i: pseudo_of(i) for i in art_idx}
+    objects = {i: kept_objects(i) for i in art_idx}
+    pseudo = {i: objects[i] | clean_mask(maps[i], thr, min_size=ms) for i in art_idx}
     if keep:
         _write_pseudo_masks(work, f, pseudo)
     # the U-Net target: pseudo-mask = 1; the band of evidence in [ignore x threshold, threshold) outside it ignored
     targets = {i: np.where(pseudo[i], 1.0, np.minimum(maps[i], thr * 0.999)).astype(np.float32) for i in art_idx}
+    normal_info = None
+    if prof.evidence_normal_ignore > 0:
+        normal_info = _ignore_normal_pixels(prof, f, tr, art_idx, pseudo, objects, targets, thr, seed, workers)
     info = {"source": "evidence", "evidence": fit_info, "objects": obj_info, "threshold": float(thr),
             "threshold_source": source,
             "object_threshold": round(obj_thr, 4) if np.isfinite(obj_thr) else None, "object_threshold_scale": "logit",
             "object_threshold_source": f"{prof.evidence_clean_empty:.0%} of {len(ref)} clean fields without a kept "
                                        f"candidate object",
-            "ignore_band": prof.pseudo_ignore,
+            "ignore_band": prof.pseudo_ignore, **({"normal_pixels_ignored": normal_info} if normal_info else {}),
             "mean_pseudo_mask_fraction": float(np.mean([m.mean() for m in pseudo.values()]))}
     log.info("evidence pseudo-masks: map threshold %.3f (%s), object threshold (logit) %.3f, mean fraction %.4f", thr,
              source, obj_thr, info["mean_pseudo_mask_fraction"])
     return pseudo, info, targets, float(thr)
+
+
+def _ignore_normal_pixels(prof, f: _Fields, tr, art_idx, pseudo, objects, targets, thr, seed, workers) -> dict:
+    """In place: pseudo-mask pixels of the evidence map that look like the clean fields' pixels leave the U-Net loss.
+
+    A normality model (:class:`~artseg_core.weak.evidence.Normality`, the zero-label mode's) is fitted on the clean
+    training fields; pseudo-mask pixels outside the kept candidate objects (``objects``: those were already judged
+    against the clean fields' objects) whose score is below ``evidence_normal_ignore`` (1 = the clean fields' 99.9th
+    percentile) get a target in the ignored band. They are not made background: the inside of a diffuse artifact
+    can look normal pixel by pixel."""
+    from artseg_core.imgproc.features import pixel_features
+    from artseg_core.imgproc.parallel import ordered_map
+    from artseg_core.weak.evidence import fit_normality
+
+    if prof.pseudo_ignore <= 0:
+        raise ValueError("evidence_normal_ignore needs an ignored band (pseudo_ignore > 0)")
+    nm, fit_info = fit_normality([f.imgs[i] for i in tr if f.y[i] == 0], seed=seed, workers=workers)
+    band = thr * (1 + prof.pseudo_ignore) / 2  # inside [pseudo_ignore x threshold, threshold): left out of the loss
+    before = sum(int(pseudo[i].sum()) for i in art_idx)
+    ignored = 0
+    for i, feats in ordered_map(lambda i: (i, pixel_features(f.imgs[i])), art_idx, workers):
+        normal = pseudo[i] & ~objects[i] & (nm.score_features(feats) < prof.evidence_normal_ignore)
+        targets[i][normal] = band
+        ignored += int(normal.sum())
+    info = {"below": prof.evidence_normal_ignore, "normality": fit_info,
+            "share_of_pseudo_mask_pixels": round(ignored / max(before, 1), 4)}
+    log.info("pseudo-mask pixels that look normal (score < %g): %.1f%% left out of the U-Net loss",
+             prof.evidence_normal_ignore, 100 * info["share_of_pseudo_mask_pixels"])
+    return info
 
 
 def pseudo_target(saliency: np.ndarray, threshold: float, ignore: float) -> np.ndarray:

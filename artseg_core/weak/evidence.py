@@ -292,13 +292,18 @@ class Normality:
         return -_gmm_loglik(z.astype(np.float64), self.weights, self.means, self.prec_chol)
 
     def score(self, image: np.ndarray, smooth: float = SMOOTH_SIGMA) -> np.ndarray:
-        x = _check_field(image)
-        f = pixel_features(x)
-        rows = f.reshape(f.shape[0], -1).T
+        """(H, W) float32 anomaly score of one normalised field: 0 = the clean fields' median, 1 = their 99.9th
+        percentile; Gaussian-smoothed by ``smooth`` px."""
+        return self.score_features(pixel_features(_check_field(image)), smooth)
+
+    def score_features(self, features: np.ndarray, smooth: float = SMOOTH_SIGMA) -> np.ndarray:
+        """:meth:`score` of a field's :func:`~artseg_core.imgproc.features.pixel_features`."""
+        rows = features.reshape(features.shape[0], -1).T
         out = np.empty(rows.shape[0], np.float32)
         for i in range(0, rows.shape[0], 1 << 16):
             out[i:i + (1 << 16)] = self.nll(rows[i:i + (1 << 16)])
-        m = ((out - self.nll_lo) / max(self.nll_hi - self.nll_lo, 1e-6)).reshape(x.shape).astype(np.float32)
+        m = ((out - self.nll_lo) / max(self.nll_hi - self.nll_lo, 1e-6)).reshape(features.shape[1:])
+        m = m.astype(np.float32)
         return ndi.gaussian_filter(m, smooth).astype(np.float32) if smooth else m
 
     def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:

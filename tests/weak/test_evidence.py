@@ -264,9 +264,12 @@ def test_evidence_route_trains_reusing_a_classifier(trained_model_path, tmp_path
     plate = trained_model_path.parent / "plate"
     model = artseg_core.train(plate / "images", plate / "labels.csv", profile="tiny", seed=0, progress=False,
                               work_dir=tmp_path / "w", classifier_from=trained_model_path, cam_source="evidence",
-                              pseudo_ignore=0.8, edge_refine=False, unet_steps=30)
+                              pseudo_ignore=0.8, edge_refine=False, unet_steps=30, evidence_normal_ignore=0.25)
     s = model.summary
     assert s["scorecam"]["source"] == "evidence"
+    ignored = s["scorecam"]["normal_pixels_ignored"]  # the fast profile's setting, recorded in the model summary
+    assert ignored["below"] == 0.25 and 0 <= ignored["share_of_pseudo_mask_pixels"] < 1
+    assert ignored["normality"]["components"] >= 1
     assert s["scorecam"]["objects"]["objects"] > 0 and 0 < s["scorecam"]["threshold"] < 1
     assert s["classifier"]["epochs_run"] == artseg_core.load_model(trained_model_path).summary["classifier"][
         "epochs_run"]

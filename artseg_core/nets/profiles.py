@@ -51,7 +51,7 @@ class Profile:
     #   below this are left out of the U-Net loss (they look like the clean fields' pixels). Off by default: at 0.25,
     #   seeds 0-2 of both bench plates (same classifiers, 1 thread, one computer) gave pixel IoU 0.329 -> 0.345
     #   (phantom) and 0.262 -> 0.272 (real backgrounds), clean fields left empty 0.83 -> 0.87 and 0.63 -> 0.63, but
-    #   defocused patches on real backgrounds 0.22 -> 0.05 (a blurred patch looks normal pixel by pixel); the gains
+    #   defocused patches on real backgrounds 0.22 -> 0.04 (a blurred patch looks normal pixel by pixel); the gains
     #   are within the seeds' spread, the loss is on a kind users care about
     zero_label_clean_empty: float = 0.95  # zero-label mode: the mask's threshold leaves this share of held-out
     #                                       clean fields without an object of evidence_min_size px

@@ -17,22 +17,27 @@ from artseg_core.weak.evidence import (
 pytestmark = pytest.mark.engine
 
 
-def _field(rng, fibre: bool, size: int = 96) -> tuple[np.ndarray, np.ndarray]:
-    """Noise with dark round 'cells' (in every field) and, for artifact fields, a bright thin line (a fibre)."""
+def _field(rng, fibre: bool, size: int = 96, n_cells: int = 6, short: bool = False, with_cells: bool = False):
+    """Noise with dark round 'cells' (in every field) and, for artifact fields, a bright thin line (a fibre) across
+    the field (``short``: 60 px long). Returns (field, fibre mask) or, ``with_cells``, (field, fibre, cells)."""
     yy, xx = np.mgrid[:size, :size]
     x = 0.5 + 0.03 * rng.standard_normal((size, size))
     cells = np.zeros((size, size), bool)
-    for _ in range(6):
+    for _ in range(n_cells):
         cy, cx = rng.integers(8, size - 8, 2)
         cells |= (yy - cy) ** 2 + (xx - cx) ** 2 < 25
     x[cells] -= 0.3
     truth = np.zeros((size, size), bool)
     if fibre:
-        r0 = rng.integers(20, size - 20)
-        truth = np.abs(yy - r0 - 0.3 * (xx - size / 2)) < 1.5
+        if short:
+            r0, c0 = rng.integers(40, size - 40, 2)
+            truth = (np.abs(yy - r0 - 0.3 * (xx - c0)) < 1.5) & (np.abs(xx - c0) < 30)
+        else:
+            r0 = rng.integers(20, size - 20)
+            truth = np.abs(yy - r0 - 0.3 * (xx - size / 2)) < 1.5
         truth &= ~cells
         x[truth] += 0.4
-    return x.astype(np.float32), truth
+    return (x.astype(np.float32), truth, cells) if with_cells else (x.astype(np.float32), truth)
 
 
 def test_features_shape_and_median_invariance():
@@ -296,3 +301,42 @@ def test_evidence_route_trains_reusing_a_classifier(trained_model_path, tmp_path
                               components=1, iters=3)
         ArtifactModel(model.profile, None, None, normality=nm).save(zl)
         _reuse_classifier(model.classifier, zl)
+
+
+def test_pseudo_mask_pixels_that_look_like_clean_fields_leave_the_loss():
+    """evidence_normal_ignore: a pseudo-mask that spilled onto cells (which every clean field has) keeps its fibre as
+    foreground and puts the cells in the ignored band, not in the background."""
+    from artseg_core.nets.profiles import get_profile
+    from artseg_core.training.pipeline import _Fields, _ignore_normal_pixels, pseudo_target
+    from artseg_core.training.unet import IGNORE
+
+    rng = np.random.default_rng(3)
+    clean = [_field(rng, False, size=192, n_cells=24, short=True, with_cells=True) for _ in range(12)]
+    art = [_field(rng, True, size=192, n_cells=24, short=True, with_cells=True) for _ in range(3)]
+    imgs = [c[0] for c in clean] + [a[0] for a in art]
+    y = np.array([0] * 12 + [1] * 3)
+    f = _Fields(samples=[None] * 15, imgs=imgs, qscores=[], skipped=[], y=y, true_masks={}, tr=np.arange(15),
+                va=np.array([], int))
+    art_idx = [12, 13, 14]
+    pseudo = {i: a[1] | a[2] for i, a in zip(art_idx, art)}  # the fibre and, wrongly, every cell
+    targets = {i: pseudo[i].astype(np.float32) for i in art_idx}
+    thr = 0.5
+    prof = get_profile("tiny", evidence_normal_ignore=1.0, pseudo_ignore=0.8)
+    objects = {i: np.zeros_like(pseudo[i]) for i in art_idx}
+    objects[13] = art[1][2].copy()  # the cells of one field were kept as candidate objects: they stay foreground
+    info = _ignore_normal_pixels(prof, f, list(range(15)), art_idx, pseudo, objects, targets, thr, seed=0, workers=1)
+    fib_fg, cell_ignored = [], []
+    for i, (_x, fib, cells) in zip(art_idx, art):
+        t = pseudo_target(targets[i], thr, prof.pseudo_ignore)
+        assert not np.any(t[~pseudo[i]])          # outside the pseudo-mask: background, as before
+        fib_fg.append(np.mean(t[fib] == 1))
+        if i == 13:
+            assert np.all(t[cells] == 1)
+        else:
+            cell_ignored.append(np.mean(t[cells] == IGNORE))
+    assert np.mean(fib_fg) > 0.8, fib_fg
+    assert np.mean(cell_ignored) > 0.8, cell_ignored
+    assert 0 < info["share_of_pseudo_mask_pixels"] < 1
+    with pytest.raises(ValueError, match="ignored band"):
+        _ignore_normal_pixels(get_profile("tiny", evidence_normal_ignore=0.5, pseudo_ignore=0.0), f, list(range(15)),
+                              art_idx, pseudo, objects, targets, thr, seed=0, workers=1)

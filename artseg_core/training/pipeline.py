@@ -291,6 +291,8 @@ def _evidence_step(prof, f: _Fields, seed, work, keep, progress):
     clean_val = [i for i in sorted(val) if f.y[i] == 0]
     ref = clean_val or [i for i in tr if f.y[i] == 0]
     need = sorted(set(tr) | set(art_idx) | set(ref))  # every validation field: an artifact field or in ref
+    # evidence_normal_ignore: the clean fields' normality model, scored on the filter banks below
+    normality = _normality_of_clean_fields(prof, f, tr, seed, workers) if prof.evidence_normal_ignore > 0 else None
 
     def filter_bank(i):
         feats = pixel_features(f.imgs[i])
@@ -300,11 +302,13 @@ def _evidence_step(prof, f: _Fields, seed, work, keep, progress):
     if progress:  # counts finished fields (ordered_map takes up to `workers` fields ahead)
         from tqdm.auto import tqdm
         banks = tqdm(banks, total=len(need), desc="pixel and object evidence", unit="img")
-    maps, cands, rows = {}, {}, {}
+    maps, cands, rows, looks_normal = {}, {}, {}, {}
     for i, feats, cand in banks:
         maps[i] = ev.score_features(feats)
         cands[i] = cand
         rows[i] = object_features(feats, maps[i], *cand)
+        if normality is not None and f.y[i] == 1:
+            looks_normal[i] = normality[0].score_features(feats) < prof.evidence_normal_ignore
         del feats
     va = sorted(val)  # held-out fields stop the object model's fit
     oev, obj_info = fit_object_evidence([rows[i] for i in tr], f.y[tr], seed=seed,
@@ -335,8 +339,12 @@ def _evidence_step(prof, f: _Fields, seed, work, keep, progress):
     # the U-Net target: pseudo-mask = 1; the band of evidence in [ignore x threshold, threshold) outside it ignored
     targets = {i: np.where(pseudo[i], 1.0, np.minimum(maps[i], thr * 0.999)).astype(np.float32) for i in art_idx}
     normal_info = None
-    if prof.evidence_normal_ignore > 0:
-        normal_info = _ignore_normal_pixels(prof, f, tr, art_idx, pseudo, objects, targets, thr, seed, workers)
+    if normality is not None:
+        share = _ignore_normal_pixels(prof, pseudo, objects, looks_normal, targets, thr)
+        normal_info = {"below": prof.evidence_normal_ignore, "normality": normality[1],
+                       "share_of_pseudo_mask_pixels": share}
+        log.info("pseudo-mask pixels that look normal (score < %g): %.1f%% left out of the U-Net loss",
+                 prof.evidence_normal_ignore, 100 * share)
     info = {"source": "evidence", "evidence": fit_info, "objects": obj_info, "threshold": float(thr),
             "threshold_source": source,
             "object_threshold": round(obj_thr, 4) if np.isfinite(obj_thr) else None, "object_threshold_scale": "logit",
@@ -349,33 +357,33 @@ def _evidence_step(prof, f: _Fields, seed, work, keep, progress):
     return pseudo, info, targets, float(thr)
 
 
-def _ignore_normal_pixels(prof, f: _Fields, tr, art_idx, pseudo, objects, targets, thr, seed, workers) -> dict:
-    """In place: pseudo-mask pixels of the evidence map that look like the clean fields' pixels leave the U-Net loss.
-
-    A normality model (:class:`~artseg_core.weak.evidence.Normality`, the zero-label mode's) is fitted on the clean
-    training fields; pseudo-mask pixels outside the kept candidate objects (``objects``: those were already judged
-    against the clean fields' objects) whose score is below ``evidence_normal_ignore`` (1 = the clean fields' 99.9th
-    percentile) get a target in the ignored band. They are not made background: the inside of a diffuse artifact
-    can look normal pixel by pixel."""
-    from artseg_core.imgproc.features import pixel_features
-    from artseg_core.imgproc.parallel import ordered_map
+def _normality_of_clean_fields(prof, f: _Fields, tr, seed, workers):
+    """``(model, fit summary)``: the normality model (:class:`~artseg_core.weak.evidence.Normality`, the zero-label
+    mode's) of the clean training fields, for ``evidence_normal_ignore``; that setting needs an ignored band."""
     from artseg_core.weak.evidence import fit_normality
 
     if prof.pseudo_ignore <= 0:
         raise ValueError("evidence_normal_ignore needs an ignored band (pseudo_ignore > 0)")
-    nm, fit_info = fit_normality([f.imgs[i] for i in tr if f.y[i] == 0], seed=seed, workers=workers)
+    return fit_normality([f.imgs[i] for i in tr if f.y[i] == 0], seed=seed, workers=workers)
+
+
+def _ignore_normal_pixels(prof, pseudo, objects, looks_normal, targets, thr) -> float:
+    """In place: pseudo-mask pixels of the evidence map that look like the clean fields' pixels leave the U-Net loss;
+    returns their share of the pseudo-mask pixels.
+
+    ``looks_normal``: per artifact field, where the clean fields' normality score is below
+    ``evidence_normal_ignore`` (1 = the clean fields' 99.9th percentile). Such pseudo-mask pixels outside the kept
+    candidate objects (``objects``: those were already judged against the clean fields' objects) get a target in
+    the ignored band. They are not made background: the inside of a diffuse artifact can look normal pixel by
+    pixel."""
     band = thr * (1 + prof.pseudo_ignore) / 2  # inside [pseudo_ignore x threshold, threshold): left out of the loss
-    before = sum(int(pseudo[i].sum()) for i in art_idx)
+    before = sum(int(pseudo[i].sum()) for i in looks_normal)
     ignored = 0
-    for i, feats in ordered_map(lambda i: (i, pixel_features(f.imgs[i])), art_idx, workers):
-        normal = pseudo[i] & ~objects[i] & (nm.score_features(feats) < prof.evidence_normal_ignore)
+    for i, normal in looks_normal.items():
+        normal = pseudo[i] & ~objects[i] & normal
         targets[i][normal] = band
         ignored += int(normal.sum())
-    info = {"below": prof.evidence_normal_ignore, "normality": fit_info,
-            "share_of_pseudo_mask_pixels": round(ignored / max(before, 1), 4)}
-    log.info("pseudo-mask pixels that look normal (score < %g): %.1f%% left out of the U-Net loss",
-             prof.evidence_normal_ignore, 100 * info["share_of_pseudo_mask_pixels"])
-    return info
+    return round(ignored / max(before, 1), 4)
 
 
 def pseudo_target(saliency: np.ndarray, threshold: float, ignore: float) -> np.ndarray:

@@ -307,7 +307,7 @@ def test_pseudo_mask_pixels_that_look_like_clean_fields_leave_the_loss():
     """evidence_normal_ignore: a pseudo-mask that spilled onto cells (which every clean field has) keeps its fibre as
     foreground and puts the cells in the ignored band, not in the background."""
     from artseg_core.nets.profiles import get_profile
-    from artseg_core.training.pipeline import _Fields, _ignore_normal_pixels, pseudo_target
+    from artseg_core.training.pipeline import _Fields, _ignore_normal_pixels, _normality_of_clean_fields, pseudo_target
     from artseg_core.training.unet import IGNORE
 
     rng = np.random.default_rng(3)
@@ -324,7 +324,9 @@ def test_pseudo_mask_pixels_that_look_like_clean_fields_leave_the_loss():
     prof = get_profile("tiny", evidence_normal_ignore=1.0, pseudo_ignore=0.8)
     objects = {i: np.zeros_like(pseudo[i]) for i in art_idx}
     objects[13] = art[1][2].copy()  # the cells of one field were kept as candidate objects: they stay foreground
-    info = _ignore_normal_pixels(prof, f, list(range(15)), art_idx, pseudo, objects, targets, thr, seed=0, workers=1)
+    nm, _info = _normality_of_clean_fields(prof, f, list(range(15)), seed=0, workers=1)
+    looks_normal = {i: nm.score(f.imgs[i]) < prof.evidence_normal_ignore for i in art_idx}
+    share = _ignore_normal_pixels(prof, pseudo, objects, looks_normal, targets, thr)
     fib_fg, cell_ignored = [], []
     for i, (_x, fib, cells) in zip(art_idx, art):
         t = pseudo_target(targets[i], thr, prof.pseudo_ignore)
@@ -336,7 +338,7 @@ def test_pseudo_mask_pixels_that_look_like_clean_fields_leave_the_loss():
             cell_ignored.append(np.mean(t[cells] == IGNORE))
     assert np.mean(fib_fg) > 0.8, fib_fg
     assert np.mean(cell_ignored) > 0.8, cell_ignored
-    assert 0 < info["share_of_pseudo_mask_pixels"] < 1
+    assert 0 < share < 1
     with pytest.raises(ValueError, match="ignored band"):
-        _ignore_normal_pixels(get_profile("tiny", evidence_normal_ignore=0.5, pseudo_ignore=0.0), f, list(range(15)),
-                              art_idx, pseudo, objects, targets, thr, seed=0, workers=1)
+        _normality_of_clean_fields(get_profile("tiny", evidence_normal_ignore=0.5, pseudo_ignore=0.0), f,
+                                   list(range(15)), seed=0, workers=1)

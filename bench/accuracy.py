@@ -24,9 +24,9 @@
              ``baseline_clean``: the same detector with its z chosen on the training plate's clean fields by the
              zero-label mode's rule (leave ``zero_label_clean_empty`` of them without an object): the comparison
              at the same share of empty clean fields
-Learned variants whose classifiers have the same head (pooling) and paste share use one classifier (same seed,
-trained once, or taken from ``--classifier-from`` for the profile's head), so they differ only in their U-Net
-targets. Pixel IoU is the mean over the test plate's artifact images; image F1 is the classifier's on the test
+Learned variants whose classifiers have the same head (pooling), paste share and normalisation use one classifier
+(same seed, trained once, or taken from ``--classifier-from`` for the profile's head), so they differ only in their
+U-Net targets. Pixel IoU is the mean over the test plate's artifact images; image F1 is the classifier's on the test
 plate; ``local_iou_by_kind`` scores each true object in a window around it, per artifact kind (which kinds weak
 supervision reaches); ``image_recall_by_kind`` is the share of test fields holding a kind that were flagged, and
 ``classifier_train_accuracy`` how well the classifier fits its own training fields. Prints one final JSON line.
@@ -131,16 +131,18 @@ def _route(profile_name: str, keys: tuple[str, ...]) -> dict:
 
 
 #: the default route (profile fast): its pseudo-masks, classifier head and U-Net cut, also under --quick's tiny profile
-EVIDENCE = _route("fast", ("cam_source", "edge_refine", "pseudo_ignore", "cls_pool", "cls_pool_param",
+EVIDENCE = _route("fast", ("cam_source", "edge_refine", "pseudo_ignore", "cls_pool", "cls_pool_param", "normalization",
                            "unet_threshold"))
 #: share of clean-field U-Net crops given synthetic artifacts in the weak_paste variant (training/paste.py)
 PASTE = 0.5
 #: share of clean classifier training images given synthetic artifacts (and the artifact label) in weak_paste_all
 CLS_PASTE = 0.3
 #: the multiple-instance route (profile mil)
-MIL = _route("mil", ("cls_pool", "cls_pool_param", "cam_source", "edge_refine", "pseudo_ignore", "unet_threshold"))
+MIL = _route("mil", ("cls_pool", "cls_pool_param", "cam_source", "edge_refine", "pseudo_ignore", "unet_threshold",
+                     "normalization"))
 #: the paper's route: Score-CAM x edge map on the average-pooling head (profile scorecam)
-PAPER = _route("scorecam", ("cam_source", "edge_refine", "pseudo_ignore", "cls_pool", "unet_threshold"))
+PAPER = _route("scorecam", ("cam_source", "edge_refine", "pseudo_ignore", "cls_pool", "unet_threshold",
+                             "normalization"))
 
 
 def clean_empty(preds: dict, labels: dict) -> float:
@@ -325,14 +327,15 @@ def main(argv=None) -> dict:
         elif v not in catalogue:
             ap.error(f"unknown variant {v!r}")
     variants = [(v, catalogue[v]) for v in names]
-    # one classifier per head (pooling and its parameter) and classifier paste share, shared by its variants
+    # one classifier per head (pooling and its parameter), classifier paste share and normalisation, shared by its
+    # variants
     prof0 = get_profile(profile)
 
     def classifier_key(kw: dict) -> tuple:
         merged = {**settings, **kw}
         pool = merged.get("cls_pool", prof0.cls_pool)
         param = float(merged.get("cls_pool_param", prof0.cls_pool_param)) if pool != "avg" else None
-        return pool, param, float(merged.get("cls_paste", 0.0))
+        return pool, param, float(merged.get("cls_paste", 0.0)), merged.get("normalization", prof0.normalization)
 
     shared: dict[tuple, Path] = {}
     if a.classifier_from is not None:

@@ -288,8 +288,8 @@ class MaskArtifacts(ImageSegmentation):
         self.x_name.text = "Select the brightfield image"
         self.x_name.doc = (
             "Select the brightfield image to search for artifacts, as acquired (not filtered). The ArtSeg engine "
-            "normalises intensities itself (percentiles), so CellProfiler's scaling to [0, 1] or any other "
-            "linear rescaling does not change the result."
+            "normalises intensities itself (the image's own quartiles or percentiles), so CellProfiler's scaling to "
+            "[0, 1] or any other linear rescaling does not change the result."
         )
 
         self.y_name.value = "Artifacts"
@@ -557,8 +557,8 @@ class MaskArtifacts(ImageSegmentation):
         if _THREADS_SET != [threads]:
             cap_torch_threads(threads)
         fill = FILL_METHODS[self.fill_method.value] if self.wants_cleaned_image.value else None
-        # The raw array goes to the engine unchanged: it normalises by percentiles, so CellProfiler's
-        # [0, 1] scaling does not matter.
+        # The raw array goes to the engine unchanged: it normalises by the image's own quartiles or
+        # percentiles, so CellProfiler's [0, 1] scaling does not matter.
         result = model.predict(
             pixels,
             gate=self.use_gate.value,

@@ -6,11 +6,13 @@ written with the spec's own operations, a test input/output pair, a cover image,
 thresholds and the training summary, and the ArtSeg citation. Fiji's deepImageJ, ilastik, napari and the BioImage
 Model Zoo tools read such a package; :func:`validate_package` runs ``bioimageio.core``'s own test on it.
 
-ArtSeg's normalisation is exactly ``scale_range`` (percentiles 1 and 99.8 over y and x, eps 1e-6) followed by
-``clip`` to [0, 1]; the one difference is that ArtSeg estimates the percentiles of images above 4 Mpx on a strided
-subsample (README "Export to bioimage.io / deepImageJ"). What the package does not contain: the classifier gate,
-the threshold, the minimum object size and the object labelling of ``artseg predict``; their calibrated values
-are in the documentation and in ``config.artseg``.
+ArtSeg's percentile normalisation is exactly ``scale_range`` (percentiles 1 and 99.8 over y and x, eps 1e-6)
+followed by ``clip`` to [0, 1]; its quartile normalisation (the default route's) is ``scale_range`` (percentiles 25
+and 75, eps 1e-6), ``scale_linear`` (gain 1/6, offset 2.5/6) and ``clip`` to [0, 1]. The differences: ArtSeg
+estimates the percentiles of images above 4 Mpx on a strided subsample, and scales a field whose quartiles are
+equal by its percentiles 1 and 99.8 (README "Export to bioimage.io / deepImageJ"). What the package does not
+contain: the classifier gate, the threshold, the minimum object size and the object labelling of ``artseg
+predict``; their calibrated values are in the documentation and in ``config.artseg``.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from artseg_core._version import __version__
-from artseg_core.export.onnx_export import NORMALIZATION, export_unet_onnx
+from artseg_core.export.onnx_export import export_unet_onnx, normalization_spec
 from artseg_core.imgproc.normalize import normalize
 
 __all__ = ["export_bioimageio", "validate_package", "ARTSEG_CITATION", "ExportError"]
@@ -68,6 +70,35 @@ def _cover(image: np.ndarray, prob: np.ndarray, path: Path) -> None:
     Image.fromarray(np.concatenate([left, right], axis=1)).save(path)
 
 
+def _preprocessing_text(method: str) -> str:
+    """The package documentation's paragraph on the input normalisation of a model (``profile.normalization``)."""
+    tail = ("ArtSeg estimates the percentiles of images above 4 Mpx on a strided subsample of about 4 Mpx; "
+            "consumers use every pixel, a difference far below one grey level.")
+    if method == "quartile":
+        n = normalization_spec(method)
+        f = n["fence"]
+        return ("ArtSeg's quartile normalisation (Tukey's fences), written with the specification's operations: "
+                f"`scale_range` over y and x with percentiles 25 and 75 and eps {n['eps']:g}, then `scale_linear` "
+                f"with gain {1 / (2 * f + 1):.6g} and offset {f / (2 * f + 1):.6g}, then `clip` to [0, 1]: "
+                f"p25 - {f:g} IQR maps to 0 and p75 + {f:g} IQR to 1. An artifact barely moves the quartiles, so "
+                f"the rest of a field keeps its values. {tail} A field whose quartiles are equal (more than half "
+                "of its pixels one value) is scaled by its percentiles 1 and 99.8 in ArtSeg.")
+    return ("ArtSeg's percentile normalisation, written with the specification's operations: `scale_range` over y "
+            f"and x with percentiles 1 and 99.8 and eps 1e-6, then `clip` to [0, 1]. {tail}")
+
+
+def _preprocessing(bio, method: str) -> list:
+    """The bioimage.io pre-processing operations of a model's normalisation (after the cast to float32)."""
+    n = normalization_spec(method)
+    axes = [bio.AxisId("y"), bio.AxisId("x")]
+    ops = [bio.ScaleRangeDescr(kwargs=bio.ScaleRangeKwargs(axes=axes, min_percentile=n["pmin"],
+                                                           max_percentile=n["pmax"], eps=n["eps"]))]
+    if method == "quartile":
+        f = n["fence"]
+        ops.append(bio.ScaleLinearDescr(kwargs=bio.ScaleLinearKwargs(gain=1 / (2 * f + 1), offset=f / (2 * f + 1))))
+    return ops + [bio.ClipDescr(kwargs=bio.ClipKwargs(min=0.0, max=1.0))]
+
+
 def _documentation(model, divisor: int, path: Path) -> None:
     t, p = model.thresholds, model.profile
     summary = json.dumps(model.summary, indent=2, default=str)
@@ -83,9 +114,7 @@ and right with reflection otherwise; ArtSeg crops the padding off again). Large 
 {p.predict_tile} px overlapping by {p.predict_overlap} px.
 
 ## Pre-processing
-ArtSeg's percentile normalisation, written with the specification's operations: `scale_range` over y and x with
-percentiles 1 and 99.8 and eps 1e-6, then `clip` to [0, 1]. ArtSeg estimates the percentiles of images above
-4 Mpx on a strided subsample of about 4 Mpx; consumers use every pixel, a difference far below one grey level.
+{_preprocessing_text(p.normalization)}
 
 ## Output and post-processing
 `probability` (batch, channel, y, x), float32 in [0, 1]. `artseg predict` then does what this package does not:
@@ -155,7 +184,7 @@ def export_bioimageio(model, out, test_image: np.ndarray | None = None, name: st
     raw = _test_image(d, test_image)
     x_raw = raw.astype(np.float32)[None, None]
     with torch.inference_mode():
-        prob = net(torch.from_numpy(normalize(raw)[None, None])).numpy().astype(np.float32)
+        prob = net(torch.from_numpy(model.normalize(raw)[None, None])).numpy().astype(np.float32)
     torch_version = bio.Version(torch.__version__.split("+")[0])
 
     with tempfile.TemporaryDirectory(prefix="artseg-bioimageio-") as tmp:
@@ -166,7 +195,8 @@ def export_bioimageio(model, out, test_image: np.ndarray | None = None, name: st
         _documentation(model, d, tmp / "README.md")
         (tmp / "artseg_config.json").write_text(json.dumps(
             {"thresholds": model.thresholds, "quality_thresholds": model.quality_thresholds,
-             "profile": model.profile.to_dict(), "normalization": NORMALIZATION}, indent=2, default=str) + "\n")
+             "profile": model.profile.to_dict(),
+             "normalization": normalization_spec(model.profile.normalization)}, indent=2, default=str) + "\n")
         torch.save(net.state_dict(), tmp / "weights.pt")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -181,13 +211,8 @@ def export_bioimageio(model, out, test_image: np.ndarray | None = None, name: st
             axes=[bio.BatchAxis(), bio.ChannelAxis(channel_names=[bio.Identifier("brightfield")]),
                   bio.SpaceInputAxis(id=bio.AxisId("y"), **space), bio.SpaceInputAxis(id=bio.AxisId("x"), **space)],
             test_tensor=bio.FileDescr(source=tmp / "test_input.npy"),
-            preprocessing=[
-                bio.EnsureDtypeDescr(kwargs=bio.EnsureDtypeKwargs(dtype="float32")),
-                bio.ScaleRangeDescr(kwargs=bio.ScaleRangeKwargs(
-                    axes=[bio.AxisId("y"), bio.AxisId("x")], min_percentile=NORMALIZATION["pmin"],
-                    max_percentile=NORMALIZATION["pmax"], eps=NORMALIZATION["eps"])),
-                bio.ClipDescr(kwargs=bio.ClipKwargs(min=0.0, max=1.0)),
-            ])
+            preprocessing=[bio.EnsureDtypeDescr(kwargs=bio.EnsureDtypeKwargs(dtype="float32")),
+                           *_preprocessing(bio, model.profile.normalization)])
         ref = dict(tensor_id=bio.TensorId("raw"))
         outp = bio.OutputTensorDescr(
             id=bio.TensorId("probability"),
@@ -220,8 +245,8 @@ def export_bioimageio(model, out, test_image: np.ndarray | None = None, name: st
             inputs=[inp], outputs=[outp], weights=weights,
             version=bio.Version(__version__) if __version__[0].isdigit() else None,
             config=bio.Config(artseg={"version": __version__, "thresholds": dict(model.thresholds),
-                                      "normalization": NORMALIZATION, "training_summary": json.loads(
-                                          json.dumps(model.summary, default=str))}),
+                                      "normalization": normalization_spec(model.profile.normalization),
+                                      "training_summary": json.loads(json.dumps(model.summary, default=str))}),
         )
         if out.suffix.lower() == ".zip":
             out.parent.mkdir(parents=True, exist_ok=True)

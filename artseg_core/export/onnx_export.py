@@ -19,15 +19,30 @@ from artseg_core.imgproc.normalize import apply_normalization, normalize_range
 from artseg_core.imgproc.tiling import predict_tiled
 
 __all__ = ["export_onnx", "export_unet_onnx", "export_classifier_onnx", "OnnxArtSeg", "ONNX_CONFIG",
-           "NORMALIZATION"]
+           "NORMALIZATION", "normalization_spec"]
 
 #: Name of the JSON written beside the ONNX files.
 ONNX_CONFIG = "artseg_onnx.json"
 
-#: ArtSeg's normalisation (:func:`artseg_core.imgproc.normalize.normalize`), as written into the exports.
+#: ArtSeg's percentile normalisation (:func:`artseg_core.imgproc.normalize.normalize`), as written into the exports.
 NORMALIZATION = {"method": "percentile", "pmin": 1.0, "pmax": 99.8, "eps": 1e-6, "clip": [0.0, 1.0],
                  "formula": "clip((x - p1) / (p99.8 - p1 + 1e-6), 0, 1), percentiles over the whole 2-D image "
                             "(numpy linear interpolation; a strided ~4 Mpx subsample above 4 Mpx)"}
+
+
+def normalization_spec(method: str) -> dict:
+    """How a model's images are normalised (``profile.normalization``), as written into the exports."""
+    from artseg_core.imgproc.normalize import NORMALIZATIONS, QUARTILE_FENCE
+
+    if method == "percentile":
+        return dict(NORMALIZATION)
+    if method not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalisation {method!r}")
+    f = QUARTILE_FENCE
+    return {"method": "quartile", "pmin": 25.0, "pmax": 75.0, "eps": 1e-6, "fence": f, "clip": [0.0, 1.0],
+            "formula": f"d = p75 - p25 + 1e-6; clip((x - (p25 - {f:g} d)) / ({2 * f + 1:g} d), 0, 1), percentiles "
+                       "over the whole 2-D image (numpy linear interpolation; a strided ~4 Mpx subsample above "
+                       "4 Mpx); when p75 == p25 the percentile method (p1, p99.8) instead"}
 
 
 def _onnx_export(module, example, path: Path, dynamic_shapes: dict) -> int:
@@ -137,7 +152,7 @@ def export_onnx(model, out_dir) -> dict[str, Path]:
         "classifier": {"file": paths["classifier"].name, "opset": opset_c, "size": int(p.cls_size),
                        "input": f"x (N, 1, {p.cls_size}, {p.cls_size}) float32: the normalised image resized by "
                                 "area averaging", "output": "(N, 1) p(artifact)"},
-        "normalization": NORMALIZATION,
+        "normalization": normalization_spec(p.normalization),
         "thresholds": dict(model.thresholds),
         "quality_thresholds": dict(model.quality_thresholds),
         "profile": p.to_dict(),
@@ -165,6 +180,7 @@ class OnnxArtSeg:
 
         folder = Path(folder)
         self.config = json.loads((folder / ONNX_CONFIG).read_text())
+        self._method = self.config.get("normalization", {}).get("method", "percentile")
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         self._unet = ort.InferenceSession(str(folder / self.config["unet"]["file"]), opts,
@@ -186,7 +202,7 @@ class OnnxArtSeg:
             float32 (H, W).
         """
         u = self.config["unet"]
-        lo, scale = normalize_range(image)
+        lo, scale = normalize_range(image, method=self._method)
 
         def fn(batch: np.ndarray) -> np.ndarray:
             return self._unet.run(None, {"x": np.ascontiguousarray(batch, np.float32)})[0]
@@ -207,6 +223,6 @@ class OnnxArtSeg:
         """
         from artseg_core.nets.resnet import resize_for_classifier
 
-        norm = apply_normalization(image, *normalize_range(image))
+        norm = apply_normalization(image, *normalize_range(image, method=self._method))
         x = resize_for_classifier(norm, self.config["classifier"]["size"]).numpy()
         return float(self._cls.run(None, {"x": x})[0][0, 0])

@@ -159,7 +159,7 @@ class LabelSession:
 
     def _classify(self, name: str) -> float:
         with self._model_lock:
-            return float(self.model.classify(normalize(self._read(name))))
+            return float(self.model.classify(self.model.normalize(self._read(name))))
 
     def state(self) -> dict:
         """Everything the page needs: the fields in order with their labels and the model's guesses."""

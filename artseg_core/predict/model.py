@@ -192,6 +192,10 @@ class ArtifactModel:
             return autocast_context(self.device, True)
         return contextlib.nullcontext()
 
+    def normalize(self, image: np.ndarray) -> np.ndarray:
+        """A raw image scaled as this model's networks saw their training images (``profile.normalization``)."""
+        return apply_normalization(image, *normalize_range(image, method=self.profile.normalization))
+
     def classify(self, norm_image: np.ndarray) -> float:
         """Probability that a normalised image contains an artifact."""
         import torch
@@ -272,7 +276,7 @@ class ArtifactModel:
                                           fill_holes=fill_holes, seed=seed)
         # Memory: the normalised float32 image (4 bytes/px) lives only while the classifier runs; the U-Net
         # normalises tile by tile with the same offset/scale (identical values to io.normalize).
-        lo, scale = normalize_range(image)
+        lo, scale = normalize_range(image, method=self.profile.normalization)
         norm = apply_normalization(image, lo, scale)
         if self.zero_label:
             return self._predict_zero_label(image, norm, threshold, min_size, pixel_size, min_size_um, fill,

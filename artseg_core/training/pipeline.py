@@ -118,7 +118,7 @@ def _work_folder(work_dir):
 
 
 def _read_fields(samples, plane, val_fraction, seed, progress, clean_only: bool = False,
-                 masks_train: bool = False) -> _Fields:
+                 masks_train: bool = False, normalization: str = "percentile") -> _Fields:
     """Step 0: read and normalise every image once (QC scores from the raw pixels), hand masks, split.
 
     ``masks_train``: hand masks are training targets; when there are fewer than :data:`MIN_MASKS_FOR_VALIDATION`
@@ -135,7 +135,7 @@ def _read_fields(samples, plane, val_fraction, seed, progress, clean_only: bool 
             log.warning("skipping %s", e)
             skipped.append(str(e))
             continue
-        imgs.append(normalize(raw))
+        imgs.append(normalize(raw, method=normalization))
         qscores.append(quality_scores(raw))
         kept.append(s)
     y = np.array([s.label for s in kept], int)
@@ -168,7 +168,7 @@ def _classifier_step(prof, cls, f: _Fields, seed, dev, work, progress, classifie
     y, tr, va = f.y, f.tr, f.va
     x_all = torch.cat([resize_for_classifier(im, prof.cls_size) for im in f.imgs])
     if classifier_from is not None:
-        cfit = _reuse_classifier(cls, classifier_from)
+        cfit = _reuse_classifier(cls, classifier_from, prof.normalization)
     else:
         cfit = fit_classifier(cls, x_all[tr], y[tr], x_all[va] if len(va) else None, y[va] if len(va) else None,
                               ClassifierFitConfig(epochs=prof.cls_epochs, batch_size=prof.cls_batch, lr=prof.cls_lr,
@@ -183,13 +183,17 @@ def _classifier_step(prof, cls, f: _Fields, seed, dev, work, progress, classifie
     return x_all, p_all, cfit, cls_thr, gate
 
 
-def _reuse_classifier(cls, path) -> dict:
-    """Load the classifier of a model file trained on the same images (same profile networks); its fit summary."""
+def _reuse_classifier(cls, path, normalization: str) -> dict:
+    """Load the classifier of a model file trained on the same images (same profile networks and normalisation);
+    its fit summary."""
     from artseg_core.predict.model import load_model
 
     other = load_model(path, device="cpu")
     if other.classifier is None:
         raise ValueError(f"{path}: a zero-label model has no classifier to reuse")
+    if other.profile.normalization != normalization:
+        raise ValueError(f"{path}: its classifier saw images under the {other.profile.normalization!r} "
+                         f"normalisation, this training uses {normalization!r}")
     try:
         cls.load_state_dict(other.classifier.state_dict())
     except RuntimeError as e:
@@ -479,7 +483,7 @@ def _pretrained_file(prof, unlabelled) -> dict | None:
     if not src.is_file():
         raise ValueError(f"{src}: unlabelled must be a folder of images or a file written by 'artseg pretrain'")
     d = read_pretrained(src)
-    check_pretrained(ArtifactModel.build_unet(prof), d, str(src))
+    check_pretrained(ArtifactModel.build_unet(prof), d, str(src), prof.normalization)
     return d
 
 
@@ -574,7 +578,7 @@ def _train_zero_label(prof, samples, plane, val_fraction, seed, dev, pixel_size,
 
     from artseg_core.weak.evidence import clean_field_threshold, fit_normality
 
-    f = _read_fields(samples, plane, val_fraction, seed, progress, clean_only=True)
+    f = _read_fields(samples, plane, val_fraction, seed, progress, clean_only=True, normalization=prof.normalization)
     tr, va = [int(i) for i in f.tr], [int(i) for i in f.va]
     if not va:  # stratified_split keeps >= 1 image for training; the threshold needs held-out fields
         tr, va = tr[:-1], tr[-1:]
@@ -694,7 +698,8 @@ def train(images=None, labels=None, *, clean=None, artifact=None, masks=None, pr
                                        "classifier_from": str(classifier_from) if classifier_from else None,
                                        **({"unlabelled": str(unlabelled)} if unlabelled is not None else {})},
                        restart=restart)
-        f = _read_fields(samples, plane, val_fraction, seed, progress, masks_train=use_masks_for_training)
+        f = _read_fields(samples, plane, val_fraction, seed, progress, masks_train=use_masks_for_training,
+                         normalization=prof.normalization)
         t1 = time.perf_counter()
         torch.manual_seed(seed)  # the networks' initial weights are part of what a seed reproduces
         cls, unet = ArtifactModel.build_networks(prof)

@@ -46,6 +46,7 @@ class PretrainConfig:
     crops_per_field: int = 16    # crops drawn from a chunk's fields before the next chunk is read
     checkpoint_every: int = 100
     fast_math: bool = False      # channels-last + bf16 autocast where bf16 is native
+    normalization: str = "percentile"  # imgproc.normalize method (the profile's): fine-tuning must use the same
 
 
 def hide_regions(x: torch.Tensor, fraction: float, g: torch.Generator, noise: float = 0.0
@@ -115,7 +116,7 @@ class _Chunks:
             if i in self.bad:
                 continue
             try:
-                a = normalize(read_image(self.paths[i], plane=self.plane))
+                a = normalize(read_image(self.paths[i], plane=self.plane), method=self.cfg.normalization)
             except ImageReadError as e:
                 log.warning("pretraining: skipping %s", e)
                 self.skipped.append(str(e))
@@ -195,7 +196,7 @@ def pretrain_config(profile, seed: int = 0) -> PretrainConfig:
     """The pretraining settings of a profile: its U-Net crop, batch, learning rate and ``pretrain_steps``."""
     return PretrainConfig(steps=int(profile.pretrain_steps), batch_size=int(profile.unet_batch),
                           tile=int(profile.unet_tile), lr=float(profile.unet_lr), seed=int(seed),
-                          fast_math=bool(profile.train_fast_math))
+                          fast_math=bool(profile.train_fast_math), normalization=str(profile.normalization))
 
 
 def save_pretrained(path: Path, model: torch.nn.Module, cfg: PretrainConfig, info: dict) -> Path:
@@ -220,12 +221,18 @@ def read_pretrained(path: Path) -> dict:
     return d
 
 
-def check_pretrained(model: torch.nn.Module, pretrained: dict, source: str = "pretrained weights") -> None:
-    """ValueError naming ``source`` unless ``pretrained`` was made for a U-Net configured as ``model``."""
+def check_pretrained(model: torch.nn.Module, pretrained: dict, source: str = "pretrained weights",
+                     normalization: str | None = None) -> None:
+    """ValueError naming ``source`` unless ``pretrained`` was made for a U-Net configured as ``model`` (and, when
+    ``normalization`` is given, on images scaled that way; files without the setting used ``percentile``)."""
     cfg = model.config()
     if pretrained["unet_config"] != cfg:
         raise ValueError(f"{source}: pretrained for a U-Net {pretrained['unet_config']}, this profile's is {cfg}; "
                          "pretrain again with the same profile")
+    used = (pretrained.get("config") or {}).get("normalization", "percentile")
+    if normalization is not None and used != normalization:
+        raise ValueError(f"{source}: pretrained on images under the {used!r} normalisation, this profile uses "
+                         f"{normalization!r}; pretrain again with the same profile")
 
 
 def load_pretrained(model: torch.nn.Module, pretrained: dict, source: str = "pretrained weights") -> None:

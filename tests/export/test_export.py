@@ -202,3 +202,50 @@ def test_onnx_classifier_with_the_multiple_instance_head(tmp_path):
         assert abs(ox.p_artifact(im) - p) < 1e-4
         ps.append(p)
     assert ps[0] != ps[1]
+
+
+@pytest.fixture(scope="module")
+def quartile_model(model, tmp_path_factory):
+    """The trained tiny model, its images scaled by their quartiles (``normalization="quartile"``, the default
+    route's) instead of their percentiles; same networks."""
+    from artseg_core.predict.model import load_model
+
+    path = tmp_path_factory.mktemp("quartile") / "model.artseg"
+    model.profile = model.profile.with_overrides(normalization="quartile")
+    try:
+        model.save(path)
+    finally:
+        model.profile = model.profile.with_overrides(normalization="percentile")
+    return load_model(path, device="cpu"), path
+
+
+def test_quartile_normalisation_exports_with_the_spec_operations(quartile_model, tmp_path):
+    """bioimage.io writes the quartile scaling as scale_range (25, 75) then scale_linear then clip, and its own test
+    reproduces ArtSeg's probability from the raw test input with them; onnxruntime does too through the JSON."""
+    from artseg_core.data.phantoms import make_field
+    from artseg_core.export import OnnxArtSeg, validate_package
+
+    model, path = quartile_model
+    assert model.profile.normalization == "quartile"
+    pkg = tmp_path / "q.zip"
+    _cli("export", path, "--format", "bioimageio", "--out", pkg, "--no-validate")
+    pre = _rdf(pkg)["inputs"][0]["preprocessing"]
+    ops = [p["id"] for p in pre if p["id"] != "ensure_dtype"]
+    assert ops == ["scale_range", "scale_linear", "clip"]
+    sr, sl = pre[[p["id"] for p in pre].index("scale_range")]["kwargs"], pre[[p["id"] for p in pre].index(
+        "scale_linear")]["kwargs"]
+    assert (sr["min_percentile"], sr["max_percentile"]) == (25.0, 75.0)
+    assert (sl["gain"], sl["offset"]) == pytest.approx((1 / 6, 2.5 / 6))
+    ok, summary = validate_package(pkg, weight_format="onnx")
+    assert ok, summary
+    assert "Reproduce test outputs from test inputs (onnx)" in summary
+    with zipfile.ZipFile(pkg) as z:
+        assert "quartile normalisation" in z.read("README.md").decode()
+
+    _cli("export", path, "--format", "onnx", "--out", tmp_path / "onnx")
+    ox = OnnxArtSeg(tmp_path / "onnx")
+    assert ox.config["normalization"]["method"] == "quartile"
+    img = make_field(shape=(300, 280), seed=13, artifacts=["bubble", "debris"]).image
+    res = model.predict(img, gate=False)
+    assert np.abs(ox.probability(img) - res.prob).max() < 1e-4
+    assert abs(ox.p_artifact(img) - res.p_artifact) < 1e-4

@@ -6,8 +6,8 @@ slowly (JVM, Bio-Formats, torch), so the file runs 5 CellProfiler processes and 
 What is compared with what:
 
 - the exported ``MaskArtifacts_*`` measurements with ``ArtifactModel.predict`` called directly on the raw TIFFs
-  (CellProfiler hands the module images scaled to [0, 1]; the engine's percentile normalisation makes that
-  irrelevant, up to float rounding);
+  (CellProfiler hands the module images scaled to [0, 1]; the engine normalises by the image's own quantiles,
+  which makes that irrelevant, up to float rounding);
 - nuclei kept / removed by MaskObjects exactly with the engine's mask; nuclei counts with the phantom's truth
   (nuclei.csv) within stated tolerances;
 - efficacy against the TRUE artifacts (nuclei on true artifacts removed, intensity closer to the truth, flags

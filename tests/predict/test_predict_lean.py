@@ -92,3 +92,53 @@ def test_predict_reads_a_memmap_without_changing_it(untrained_tiny, tmp_path):
     res = untrained_tiny.predict(ro, gate=False)
     np.testing.assert_array_equal(res.prob, untrained_tiny.predict(f.image, gate=False).prob)
     np.testing.assert_array_equal(np.asarray(ro), f.image)
+
+
+def test_quartile_normalisation_maps_the_fences_to_0_and_1():
+    from artseg_core.imgproc.normalize import QUARTILE_FENCE
+
+    rng = np.random.default_rng(3)
+    img = rng.normal(1000, 50, (200, 150)).astype(np.float32)
+    q25, q75 = np.percentile(img, [25, 75])
+    d = q75 - q25 + 1e-6
+    lo, scale = normalize_range(img, method="quartile")
+    assert lo == pytest.approx(q25 - QUARTILE_FENCE * d)
+    assert scale == pytest.approx(1 / ((2 * QUARTILE_FENCE + 1) * d))
+    out = normalize(img, method="quartile")
+    np.testing.assert_array_equal(out, apply_normalization(img, lo, scale))
+    assert np.median(out) == pytest.approx(0.5, abs=0.01)     # symmetric noise: the quartiles sit at 5/12 and 7/12
+    assert np.mean((out == 0) | (out == 1)) < 0.001           # 2.5 IQR beyond the quartiles: ~4 sigma
+    with pytest.raises(ValueError, match="unknown normalisation 'zscore'"):
+        normalize_range(img, method="zscore")
+
+
+def test_quartile_normalisation_of_a_field_with_equal_quartiles_is_the_percentile_one():
+    img = np.full((100, 100), 200, np.uint16)
+    img[:10] = np.arange(1000).reshape(10, 100)  # 90 % of the pixels one value: p25 == p75
+    assert normalize_range(img, method="quartile") == normalize_range(img)
+
+
+def test_an_artifact_does_not_change_the_rest_of_the_field_under_quartile():
+    """The reason for ``quartile``: a dark artifact on 5 % of a field moves its 1st percentile, so every other pixel
+    changes its normalised value under ``percentile``; the quartiles barely move."""
+    rng = np.random.default_rng(5)
+    clean = rng.normal(1000, 60, (256, 256))
+    dirty = clean.copy()
+    dirty[:, :13] = 300  # a dark band on 5 % of the field
+    rest = np.s_[:, 13:]
+    for method, lo_shift, hi_shift in (("percentile", 0.2, 1.0), ("quartile", 0.0, 0.02)):
+        shift = np.abs(normalize(dirty, method=method)[rest] - normalize(clean, method=method)[rest])
+        assert lo_shift <= np.median(shift) <= hi_shift, (method, np.median(shift))
+
+
+@pytest.mark.parametrize("method", ["percentile", "quartile"])
+def test_predict_normalises_as_the_model_profile_says(untrained_tiny, method):
+    prof = untrained_tiny.profile.with_overrides(normalization=method)
+    m = ArtifactModel(prof, untrained_tiny.classifier, untrained_tiny.unet, thresholds=untrained_tiny.thresholds,
+                      device="cpu")
+    f = phantoms.make_field((300, 260), seed=4, artifacts=["debris", "bubble"])
+    res = m.predict(f.image, gate=False)
+    norm = normalize(f.image, method=method)
+    np.testing.assert_array_equal(m.normalize(f.image), norm)
+    np.testing.assert_array_equal(res.prob, m.segment(norm))
+    assert res.p_artifact == m.classify(norm)

@@ -9,7 +9,8 @@ from artseg_core.data import phantoms
 from artseg_core.imgproc.normalize import normalize
 from artseg_core.nets.unet import ArtSegUNet
 from artseg_core.training.pretrain import (PretrainConfig, hide_regions, inpainting_loss, load_pretrained,
-                                           pretrain_unet, read_pretrained, save_pretrained)
+                                           pretrain_unet, read_pretrained, save_pretrained,
+                                           check_pretrained)
 
 pytestmark = pytest.mark.engine
 
@@ -99,6 +100,9 @@ def test_fine_tuning_keeps_every_layer_but_the_head(tmp_path):
             assert torch.equal(va, vb), k
     with pytest.raises(ValueError, match="pretrain again with the same profile"):
         load_pretrained(ArtSegUNet(width=16, levels=2), d, str(path))
+    check_pretrained(b, d, str(path), "percentile")  # pretrained on percentile-scaled fields, the default
+    with pytest.raises(ValueError, match="p.pt: pretrained on images under the 'percentile' normalisation"):
+        check_pretrained(b, d, str(path), "quartile")
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"junk")
     with pytest.raises(ValueError, match="bad.pt: not a pretrained U-Net file"):

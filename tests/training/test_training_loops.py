@@ -187,6 +187,32 @@ def test_train_runs_the_scaled_or_the_asked_number_of_unet_steps(tmp_path):
     assert m.summary["unet"]["steps_run"] == 5
 
 
+def test_a_model_keeps_its_normalisation_and_reuses_only_a_classifier_trained_under_it(tmp_path):
+    import artseg_core
+    from artseg_core.data import phantoms
+    from artseg_core.imgproc.normalize import normalize
+    from artseg_core.nets.profiles import Profile, get_profile
+
+    assert get_profile("fast").normalization == "quartile"        # the default route
+    assert get_profile("paper").normalization == "percentile"
+    old = {k: v for k, v in get_profile("fast").to_dict().items() if k != "normalization"}
+    assert Profile.from_dict(old).normalization == "percentile"   # model files written before the setting
+    plate = tmp_path / "plate"
+    phantoms.make_plate(plate, rows=2, cols=6, fields=2, prevalence=0.5, seed=3, shape=(64, 64))
+    prof = get_profile("tiny", cls_size=64, cls_epochs=1, unet_tile=64, unet_steps=3)
+    m = artseg_core.train(plate / "images", plate / "labels.csv", profile=prof, seed=0, progress=False,
+                          normalization="quartile")
+    m.save(tmp_path / "q.artseg")
+    back = artseg_core.load_model(tmp_path / "q.artseg")
+    assert back.profile.normalization == "quartile"
+    img = phantoms.make_field((64, 64), seed=8, artifacts=["bubble"]).image
+    np.testing.assert_array_equal(back.normalize(img), normalize(img, method="quartile"))
+    assert not np.array_equal(back.normalize(img), normalize(img))
+    with pytest.raises(ValueError, match="q.artseg: its classifier saw images under the 'quartile' normalisation"):
+        artseg_core.train(plate / "images", plate / "labels.csv", profile=prof, seed=0, progress=False,
+                          classifier_from=tmp_path / "q.artseg")
+
+
 def test_masked_share_tells_a_trained_unet_from_a_collapsed_one():
     from artseg_core.training.unet import MIN_MASKED_SHARE, masked_share
 

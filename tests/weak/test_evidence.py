@@ -300,7 +300,7 @@ def test_evidence_route_trains_reusing_a_classifier(trained_model_path, tmp_path
         nm, _ = fit_normality([np.random.default_rng(0).random((64, 64)).astype(np.float32)] * 2, per_field=300,
                               components=1, iters=3)
         ArtifactModel(model.profile, None, None, normality=nm).save(zl)
-        _reuse_classifier(model.classifier, zl)
+        _reuse_classifier(model.classifier, zl, "percentile")
 
 
 def test_pseudo_mask_pixels_that_look_like_clean_fields_leave_the_loss():

@@ -237,6 +237,11 @@ class _KnownModel:
             self.p_of_mean[float(normalize(read_image(images / n)).mean())] = (7 * i % 20 + 0.5) / 20
         self.p = {}
 
+    def normalize(self, image):
+        from artseg_core.imgproc.normalize import normalize
+
+        return normalize(image)
+
     def classify(self, norm):
         return self.p_of_mean[float(norm.mean())]
 

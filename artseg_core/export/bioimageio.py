@@ -78,8 +78,8 @@ def _preprocessing_text(method: str) -> str:
         n = normalization_spec(method)
         f = n["fence"]
         return ("ArtSeg's quartile normalisation (Tukey's fences), written with the specification's operations: "
-                f"`scale_range` over y and x with percentiles 25 and 75 and eps {n['eps']:g}, then `scale_linear` "
-                f"with gain {1 / (2 * f + 1):.6g} and offset {f / (2 * f + 1):.6g}, then `clip` to [0, 1]: "
+                f"`scale_range` over y and x with percentiles {n['pmin']:g} and {n['pmax']:g} and eps {n['eps']:g}, "
+                f"then `scale_linear` with gain {n['gain']:.6g} and offset {n['offset']:.6g}, then `clip` to [0, 1]: "
                 f"p25 - {f:g} IQR maps to 0 and p75 + {f:g} IQR to 1. An artifact barely moves the quartiles, so "
                 f"the rest of a field keeps its values. {tail} A field whose quartiles are equal (more than half "
                 "of its pixels one value) is scaled by its percentiles 1 and 99.8 in ArtSeg.")
@@ -94,8 +94,7 @@ def _preprocessing(bio, method: str) -> list:
     ops = [bio.ScaleRangeDescr(kwargs=bio.ScaleRangeKwargs(axes=axes, min_percentile=n["pmin"],
                                                            max_percentile=n["pmax"], eps=n["eps"]))]
     if method == "quartile":
-        f = n["fence"]
-        ops.append(bio.ScaleLinearDescr(kwargs=bio.ScaleLinearKwargs(gain=1 / (2 * f + 1), offset=f / (2 * f + 1))))
+        ops.append(bio.ScaleLinearDescr(kwargs=bio.ScaleLinearKwargs(gain=n["gain"], offset=n["offset"])))
     return ops + [bio.ClipDescr(kwargs=bio.ClipKwargs(min=0.0, max=1.0))]
 
 

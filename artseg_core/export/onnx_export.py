@@ -39,7 +39,8 @@ def normalization_spec(method: str) -> dict:
     if method not in NORMALIZATIONS:
         raise ValueError(f"unknown normalisation {method!r}")
     f = QUARTILE_FENCE
-    return {"method": "quartile", "pmin": 25.0, "pmax": 75.0, "eps": 1e-6, "fence": f, "clip": [0.0, 1.0],
+    return {"method": "quartile", "pmin": 25.0, "pmax": 75.0, "eps": 1e-6, "fence": f,
+            "gain": 1 / (2 * f + 1), "offset": f / (2 * f + 1), "clip": [0.0, 1.0],
             "formula": f"d = p75 - p25 + 1e-6; clip((x - (p25 - {f:g} d)) / ({2 * f + 1:g} d), 0, 1), percentiles "
                        "over the whole 2-D image (numpy linear interpolation; a strided ~4 Mpx subsample above "
                        "4 Mpx); when p75 == p25 the percentile method (p1, p99.8) instead"}

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from artseg_core._version import __version__
-from artseg_core.imgproc.normalize import apply_normalization, normalize_range
+from artseg_core.imgproc.normalize import apply_normalization, normalize, normalize_range
 from artseg_core.imgproc.postprocess import clean_mask, label_objects, min_size_pixels, object_table
 from artseg_core.imgproc.quality import quality_flags, quality_scores
 from artseg_core.io.modelfile import (
@@ -194,7 +194,7 @@ class ArtifactModel:
 
     def normalize(self, image: np.ndarray) -> np.ndarray:
         """A raw image scaled as this model's networks saw their training images (``profile.normalization``)."""
-        return apply_normalization(image, *normalize_range(image, method=self.profile.normalization))
+        return normalize(image, method=self.profile.normalization)
 
     def classify(self, norm_image: np.ndarray) -> float:
         """Probability that a normalised image contains an artifact."""

@@ -117,8 +117,8 @@ def _work_folder(work_dir):
         yield Path(tmp), False
 
 
-def _read_fields(samples, plane, val_fraction, seed, progress, clean_only: bool = False,
-                 masks_train: bool = False, normalization: str = "percentile") -> _Fields:
+def _read_fields(samples, plane, val_fraction, seed, progress, *, normalization: str, clean_only: bool = False,
+                 masks_train: bool = False) -> _Fields:
     """Step 0: read and normalise every image once (QC scores from the raw pixels), hand masks, split.
 
     ``masks_train``: hand masks are training targets; when there are fewer than :data:`MIN_MASKS_FOR_VALIDATION`

@@ -260,10 +260,8 @@ def test_pixel_size_mismatch_warns_and_rescale_resamples(model, caplog):
         # the classifier saw the image resampled to the model's pixel size. Not necessarily the same value as on
         # the original field: the linear up- and down-sampling blurs it, and the tiny test classifier can move
         # by 0.5 on a field near its decision boundary (seen: 0.31 on the field, 0.86 after resampling).
-        from artseg_core.imgproc.normalize import normalize
-
         at_model_size = ndi.zoom(up, 0.5, order=1, grid_mode=True, mode="nearest")
-        assert r.p_artifact == pytest.approx(model.classify(normalize(at_model_size)), abs=1e-5)
+        assert r.p_artifact == pytest.approx(model.classify(model.normalize(at_model_size)), abs=1e-5)
         no = model.predict(up, pixel_size=0.325, rescale=False, gate=False)
         assert no.prob.shape == up.shape  # without rescale: segmented as is (and warned)
     finally:

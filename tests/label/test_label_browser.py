@@ -184,13 +184,12 @@ def test_model_orders_least_certain_first_and_gives_masks(plate20, tmp_path, sta
     from PIL import Image
 
     import artseg_core
-    from artseg_core.imgproc.normalize import normalize
     from artseg_core.io.images import read_image
 
     images = plate20 / "images"
     model = artseg_core.load_model(quick_model_path, device="cpu")
     thr = model.thresholds["classifier"]
-    p = {f.name: model.classify(normalize(read_image(f))) for f in sorted(images.glob("*.tif"))}
+    p = {f.name: model.classify(model.normalize(read_image(f))) for f in sorted(images.glob("*.tif"))}
     expected = sorted(p, key=lambda n: (abs(p[n] - thr), n))
     assert len(set(round(abs(v - thr), 4) for v in p.values())) > 5, "model gives too few distinct scores"
 

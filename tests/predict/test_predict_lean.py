@@ -72,11 +72,16 @@ def untrained_tiny():
                          device="cpu")
 
 
-def test_predict_equals_normalize_then_segment(untrained_tiny):
-    m = untrained_tiny
+@pytest.mark.parametrize("method", ["percentile", "quartile"])
+def test_predict_equals_normalize_then_segment(untrained_tiny, method):
+    """predict() scales the image as the model's profile says (``normalization``), then segments and classifies."""
+    prof = untrained_tiny.profile.with_overrides(normalization=method)
+    m = ArtifactModel(prof, untrained_tiny.classifier, untrained_tiny.unet, thresholds=untrained_tiny.thresholds,
+                      device="cpu")
     f = phantoms.make_field((300, 260), seed=4, artifacts=["debris", "bubble"])
     res = m.predict(f.image, gate=False)
-    norm = normalize(f.image)
+    norm = normalize(f.image, method=method)
+    np.testing.assert_array_equal(m.normalize(f.image), norm)
     np.testing.assert_array_equal(res.prob, m.segment(norm))
     assert res.p_artifact == m.classify(norm)
     assert res.prob.dtype == np.float32 and res.prob.shape == f.image.shape
@@ -129,16 +134,3 @@ def test_an_artifact_does_not_change_the_rest_of_the_field_under_quartile():
     for method, lo_shift, hi_shift in (("percentile", 0.2, 1.0), ("quartile", 0.0, 0.02)):
         shift = np.abs(normalize(dirty, method=method)[rest] - normalize(clean, method=method)[rest])
         assert lo_shift <= np.median(shift) <= hi_shift, (method, np.median(shift))
-
-
-@pytest.mark.parametrize("method", ["percentile", "quartile"])
-def test_predict_normalises_as_the_model_profile_says(untrained_tiny, method):
-    prof = untrained_tiny.profile.with_overrides(normalization=method)
-    m = ArtifactModel(prof, untrained_tiny.classifier, untrained_tiny.unet, thresholds=untrained_tiny.thresholds,
-                      device="cpu")
-    f = phantoms.make_field((300, 260), seed=4, artifacts=["debris", "bubble"])
-    res = m.predict(f.image, gate=False)
-    norm = normalize(f.image, method=method)
-    np.testing.assert_array_equal(m.normalize(f.image), norm)
-    np.testing.assert_array_equal(res.prob, m.segment(norm))
-    assert res.p_artifact == m.classify(norm)

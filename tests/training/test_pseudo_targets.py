@@ -109,9 +109,9 @@ def test_a_few_hand_masked_fields_all_train_and_many_are_also_held_out(tmp_path,
         stem = name.rsplit(".", 1)[0]
         shutil.copy(plate / "masks" / f"{stem}.tif", masks / f"{stem}.tif")
     samples = load_labeled_set(plate / "images", plate / "labels.csv", masks=masks)
-    plain = _read_fields(samples, None, 0.3, 0, False)
+    plain = _read_fields(samples, None, 0.3, 0, False, normalization="percentile")
     assert len(plain.true_masks) == n_masked and any(int(i) in plain.true_masks for i in plain.va)
-    f = _read_fields(samples, None, 0.3, 0, False, masks_train=True)
+    f = _read_fields(samples, None, 0.3, 0, False, normalization="percentile", masks_train=True)
     masked_val = [int(i) for i in f.va if int(i) in f.true_masks]
     assert sorted(np.concatenate([f.tr, f.va]).tolist()) == list(range(len(samples)))
     if n_masked < MIN_MASKS_FOR_VALIDATION:

@@ -244,7 +244,8 @@ def test_a_unet_training_that_collapses_is_run_once_more_and_reported(tmp_path, 
     plate = tmp_path / "plate"
     phantoms.make_plate(plate, rows=2, cols=4, fields=1, prevalence=0.5, seed=3, shape=(64, 64))
     prof = get_profile("tiny", unet_tile=64, unet_steps=2, unet_lr=0.0)
-    f = P._read_fields(load_labeled_set(plate / "images", plate / "labels.csv"), None, 0.2, 0, False)
+    f = P._read_fields(load_labeled_set(plate / "images", plate / "labels.csv"), None, 0.2, 0, False,
+                       normalization="percentile")
     unet = _seeded(ArtifactModel.build_unet, prof)
     with torch.no_grad():
         unet.head.weight.zero_()

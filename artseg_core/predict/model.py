@@ -241,7 +241,7 @@ class ArtifactModel:
         Parameters
         ----------
         image : ndarray (H, W)
-            Raw image of any numeric dtype and size; it is normalised here (percentiles).
+            Raw image of any numeric dtype and size; it is normalised here as the profile says (:meth:`normalize`).
         gate : bool
             True (default): the classifier decides. An image whose ``p_artifact`` is below the calibrated
             classifier threshold is clean: the U-Net is skipped and the mask is empty. Only flagged images are

@@ -533,7 +533,7 @@ def _calibrate(model, f: _Fields) -> dict:
         ref_kind = f"hand masks of {sum(i in f.true_masks for i in cal_idx)} validation images"
     else:
         # Without hand masks, matching the (blurry, over-large) pseudo-masks would only copy their errors: keep the
-        # profile's threshold (fast: 0.7, above 0.5 because those targets are over-large) and the default size.
+        # profile's threshold (0.5 in every built-in profile) and the default size.
         val_iou, unet_thr, min_size = None, model.profile.unet_threshold, DEFAULT_THRESHOLDS["min_size"]
         ref_kind = "none (no hand masks): the profile's threshold and the default minimum size"
     model.thresholds.update(unet=float(unet_thr), min_size=int(min_size))

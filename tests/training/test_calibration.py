@@ -13,8 +13,8 @@ from artseg_core.training.pipeline import _calibrate, _Fields
 class _Model:
     """The two things _calibrate uses: the profile and a U-Net probability map per normalised image."""
 
-    def __init__(self, profile, probs):
-        self.profile = get_profile(profile)
+    def __init__(self, profile, probs, **overrides):
+        self.profile = get_profile(profile, **overrides)
         self.thresholds = dict(DEFAULT_THRESHOLDS)
         self._probs = probs
 
@@ -29,9 +29,11 @@ def _fields(n, masks):
                    tr=np.arange(0, n - 4), va=np.arange(n - 4, n))
 
 
-@pytest.mark.parametrize("profile, expected", [("fast", 0.7), ("scorecam", 0.5), ("mil", 0.5), ("tiny", 0.5)])
-def test_without_hand_masks_the_profile_sets_the_unet_threshold(profile, expected):
-    model = _Model(profile, {i: np.full((32, 32), 0.9 * (i % 2), np.float32) for i in range(12)})
+@pytest.mark.parametrize("profile, overrides, expected", [
+    ("fast", {}, 0.5), ("scorecam", {}, 0.5), ("mil", {}, 0.5), ("tiny", {}, 0.5),
+    ("fast", {"unet_threshold": 0.65}, 0.65)])
+def test_without_hand_masks_the_profile_sets_the_unet_threshold(profile, overrides, expected):
+    model = _Model(profile, {i: np.full((32, 32), 0.9 * (i % 2), np.float32) for i in range(12)}, **overrides)
     info = _calibrate(model, _fields(12, {}))
     assert model.thresholds["unet"] == pytest.approx(expected) == info["unet_threshold"]
     assert model.thresholds["min_size"] == DEFAULT_THRESHOLDS["min_size"] == info["min_size"]

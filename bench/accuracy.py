@@ -33,7 +33,8 @@ supervision reaches); ``image_recall_by_kind`` is the share of test fields holdi
 ``--train-fields`` asks how the numbers move with the size of the labelled plate (the classifier is short of data at
 200 fields). ``clean_empty`` is the fraction of clean test fields with no predicted pixel; on the real-background
 plate ``clean_empty_by_source`` gives it per real image folder ([share, clean fields]), because some folders'
-"clean" crops carry real dust or debris specks that their SOURCE.md reports. ``--backgrounds DIR``
+"clean" crops carry real dust or debris that their SOURCE.md reports, and ``clean_empty_known_clean`` leaves those
+folders out (``real_plate.OWN_ARTIFACT_SOURCES``; on a phantom plate it equals ``clean_empty``). ``--backgrounds DIR``
 builds both plates from real transmitted-light images (``bench/real_plate.py``: crops of regions without real
 artifacts, with composited artifacts) instead of phantoms.
 """
@@ -153,8 +154,8 @@ def clean_empty(preds: dict, labels: dict) -> float:
 
 def clean_empty_by_source(preds: dict, labels: dict, sources: dict) -> dict:
     """:func:`clean_empty` per real image folder, with its number of clean fields: {source: [share, fields]}. Some
-    sources' "clean" crops carry small real artifacts their SOURCE.md reports (dust specks on sephace_zstacks,
-    debris specks on usiigaci_t98g_phase), so a mask there is not always a false positive."""
+    sources' "clean" crops carry real artifacts of their own (dust specks and out-of-focus dust discs on
+    sephace_zstacks, debris specks on usiigaci_t98g_phase), so a mask there is not always a false positive."""
     out = {}
     for src in sorted(set(sources.values())):
         sub = {s: p for s, p in preds.items() if sources.get(s) == src}
@@ -162,6 +163,15 @@ def clean_empty_by_source(preds: dict, labels: dict, sources: dict) -> dict:
         if n:
             out[src] = [round(clean_empty(sub, labels), 3), int(n)]
     return out
+
+
+def clean_empty_known_clean(preds: dict, labels: dict, sources: dict) -> float | None:
+    """:func:`clean_empty` over the clean fields whose source is not in ``real_plate.OWN_ARTIFACT_SOURCES`` (all of
+    them on a phantom plate); None when there are none."""
+    from real_plate import OWN_ARTIFACT_SOURCES
+
+    sub = {s: p for s, p in preds.items() if sources.get(s) not in OWN_ARTIFACT_SOURCES}
+    return round(clean_empty(sub, labels), 4) if any(labels[s] == 0 for s in sub) else None
 
 
 def score_model(model, imgs, truth, labels, types=None, sources=None) -> dict:
@@ -179,6 +189,7 @@ def score_model(model, imgs, truth, labels, types=None, sources=None) -> dict:
             "iou": rep["pixel_artifact_images"]["mean_iou"], "pooled_iou": rep["pixel_artifact_images"]["pooled_iou"],
             "object_f1": rep["object"]["f1"], "image_f1": im["f1"], "image_precision": im["precision"],
             "image_recall": im["recall"], "image_roc_auc": roc_auc(ys, ps), "clean_empty": clean_empty(preds, labels),
+            "clean_empty_known_clean": clean_empty_known_clean(preds, labels, sources or {}),
             "clean_empty_by_source": clean_empty_by_source(preds, labels, sources or {}), **_kind_iou(rep)}
 
 
@@ -372,6 +383,7 @@ def main(argv=None) -> dict:
         results[name] = {"iou": base["pixel_artifact_images"]["mean_iou"],
                          "pooled_iou": base["pixel_artifact_images"]["pooled_iou"], "object_f1": base["object"]["f1"],
                          "clean_empty": clean_empty(base_preds, labels), "z": round(float(z), 2),
+                         "clean_empty_known_clean": clean_empty_known_clean(base_preds, labels, sources),
                          "clean_empty_by_source": clean_empty_by_source(base_preds, labels, sources),
                          **_kind_iou(base)}
     r4 = {v: {k: (round(x, 4) if isinstance(x, float) else x) for k, x in r.items()
@@ -385,6 +397,7 @@ def main(argv=None) -> dict:
         "n_train": int(len(list((trp / "images").iterdir()))), "n_test": len(imgs),
         **{f"{v}_iou": r4[v]["iou"] for v in results},
         **{f"{v}_clean_empty": r4[v]["clean_empty"] for v in results},
+        **{f"{v}_clean_empty_known_clean": r4[v]["clean_empty_known_clean"] for v in results},
         **{f"{v}_image_f1": r4[v]["image_f1"] for v in results if "image_f1" in r4[v]},
         **{f"{v}_image_roc_auc": r4[v]["image_roc_auc"] for v in results if "image_roc_auc" in r4[v]},
         "image_f1": r4[names[0]]["image_f1"], "image_roc_auc": r4[names[0]]["image_roc_auc"],

@@ -41,24 +41,20 @@ from scipy import ndimage as ndi
 REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real"
 
 
-#: sources whose crops carry real artifacts of their own that cannot be cropped around (unlabelled): a mask on one of
-#: their "clean" fields is not always a false positive; ``accuracy.py`` also scores clean fields without them
-OWN_ARTIFACT_SOURCES = ("sephace_zstacks", "usiigaci_t98g_phase")
-
-
 @dataclass(frozen=True)
 class Source:
     pattern: str                              # glob under the real-data root
     region: tuple | None = None               # (row0, row1, col0, col1) allowed for crops; None: whole image
     split_by_region: bool = False              # one image: upper half trains, lower half tests
+    own_artifacts: bool = False                # its crops carry unlabelled real artifacts that cannot be avoided
 
 
 SOURCES = (
-    Source("usiigaci_t98g_phase/*.tif", (512, 1022, 150, 1024)),
+    Source("usiigaci_t98g_phase/*.tif", (512, 1022, 150, 1024), own_artifacts=True),
     Source("pie_yeast_brightfield/SL_180519_2_*/*.tif", (64, 1080, 0, 1280)),
     Source("pie_yeast_brightfield/EP_170202_2_GR/t*xy073[57].jpg", (200, 1960, 0, 2300)),
-    Source("sephace_zstacks/set1/fine_*Z1352.25.tif"),
-    Source("sephace_zstacks/set1/init_*Z1351.60.tif"),
+    Source("sephace_zstacks/set1/fine_*Z1352.25.tif", own_artifacts=True),
+    Source("sephace_zstacks/set1/init_*Z1351.60.tif", own_artifacts=True),
     Source("wound_healing_phase/DMSO_B5_t0.JPG", split_by_region=True),
 )
 
@@ -66,6 +62,11 @@ SOURCES = (
 def _source_name(s: Source) -> str:
     """The folder a source's images lie in (``sephace_zstacks``, ...): how ``sources.csv`` names it."""
     return s.pattern.split("/", 1)[0]
+
+
+#: folders whose crops carry real artifacts of their own (``Source.own_artifacts``): a mask on one of their "clean"
+#: fields is not always a false positive; ``accuracy.py`` also scores clean fields without them
+OWN_ARTIFACT_SOURCES = tuple(sorted({_source_name(s) for s in SOURCES if s.own_artifacts}))
 
 
 def _pools(root: Path, split: str, size: int):

@@ -6,7 +6,9 @@ resumes where it stopped (Ali et al., Sci Rep 2022, give the optimiser, learning
 
 Optionally (``ema_decay > 0``) an exponential moving average of the weights (Polyak & Juditsky, SIAM J Control
 Optim 1992; as the "mean teacher" of Tarvainen & Valpola, NeurIPS 2017) is what is validated and kept; with
-``keep="last"`` the run has a fixed budget (no early stopping) and keeps the final weights.
+``keep="last"`` the run has a fixed budget (no early stopping) and keeps the final weights. With
+``schedule="cosine"`` every epoch runs and the learning rate falls by a half cosine to 1 % of ``lr`` (Loshchilov &
+Hutter, SGDR, ICLR 2017, without restarts) instead of the plateau rule.
 """
 from __future__ import annotations
 
@@ -39,6 +41,8 @@ class ClassifierFitConfig:
     paste_fraction: float = 0.0    # share of clean images drawn that get synthetic artifacts (paste.py), label 1
     ema_decay: float = 0.0         # > 0: validate and keep an exponential moving average of the weights (per step)
     keep: str = "best"             # best: the epoch of lowest monitored loss (early stopping) | last: all epochs, final
+    schedule: str = "plateau"      # plateau: x0.1 after `plateau` bad epochs, early stopping | cosine: every epoch,
+    #                                learning rate annealed to 1 % by a half cosine (no early stop; `keep` applies)
 
 
 def _balanced_indices(y: np.ndarray, n: int, g: torch.Generator) -> torch.Tensor:
@@ -110,6 +114,8 @@ def fit_classifier(model: torch.nn.Module, x_train: torch.Tensor, y_train: np.nd
     """
     if cfg.keep not in ("best", "last"):
         raise ValueError(f"keep must be 'best' or 'last', got {cfg.keep!r}")
+    if cfg.schedule not in ("plateau", "cosine"):
+        raise ValueError(f"schedule must be 'plateau' or 'cosine', got {cfg.schedule!r}")
     if not 0.0 <= cfg.ema_decay < 1.0:
         raise ValueError(f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
     torch.manual_seed(cfg.seed)
@@ -118,7 +124,10 @@ def fit_classifier(model: torch.nn.Module, x_train: torch.Tensor, y_train: np.nd
     ema = _EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     judged = ema.model if ema is not None else model  # the network validated and kept
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.1, patience=cfg.plateau)
+    cosine = cfg.schedule == "cosine"
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1), eta_min=0.01 * cfg.lr)
+             if cosine else torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.1,
+                                                                       patience=cfg.plateau))
     y_train_t = torch.as_tensor(np.asarray(y_train), dtype=torch.long)
     have_val = x_val is not None and len(x_val) > 0
     y_val_t = torch.as_tensor(np.asarray(y_val), dtype=torch.long) if have_val else None
@@ -132,6 +141,9 @@ def fit_classifier(model: torch.nn.Module, x_train: torch.Tensor, y_train: np.nd
             if "ema" not in ck:
                 raise ValueError(f"{checkpoint}: written without a weight average; remove it to train afresh")
             ema.model.load_state_dict(ck["ema"])
+        if cosine and sched.T_max != max(cfg.epochs, 1):
+            raise ValueError(f"{checkpoint}: its cosine schedule runs {sched.T_max} epochs, this training "
+                             f"{cfg.epochs}; remove it to train afresh")
         best_weights = ck["best_weights"]
         state = ck["state"]
         resumed_from = state["epoch"]
@@ -144,7 +156,7 @@ def fit_classifier(model: torch.nn.Module, x_train: torch.Tensor, y_train: np.nd
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=cfg.epochs, initial=state["epoch"], desc="classifier", unit="epoch")
-    while state["epoch"] < cfg.epochs and (cfg.keep == "last" or state["bad_epochs"] < cfg.early_stop):
+    while state["epoch"] < cfg.epochs and (cosine or cfg.keep == "last" or state["bad_epochs"] < cfg.early_stop):
         model.train()
         idx = _balanced_indices(y_train_t.numpy(), steps * cfg.batch_size, g)
         tot = 0.0
@@ -173,7 +185,10 @@ def fit_classifier(model: torch.nn.Module, x_train: torch.Tensor, y_train: np.nd
             val_acc = float((logits.argmax(1) == y_val_t).float().mean())
         else:
             val_loss, val_acc = train_loss, float("nan")
-        sched.step(val_loss)
+        if cosine:
+            sched.step()
+        else:
+            sched.step(val_loss)
         state["epoch"] += 1
         state["history"].append({"epoch": state["epoch"], "train_loss": train_loss, "val_loss": val_loss,
                                  "val_acc": val_acc, "lr": opt.param_groups[0]["lr"]})

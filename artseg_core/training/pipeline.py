@@ -174,7 +174,8 @@ def _classifier_step(prof, cls, f: _Fields, seed, dev, work, progress, classifie
                               ClassifierFitConfig(epochs=prof.cls_epochs, batch_size=prof.cls_batch, lr=prof.cls_lr,
                                                   plateau=prof.cls_plateau, early_stop=prof.cls_early_stop, seed=seed,
                                                   fast_math=prof.train_fast_math, paste_fraction=prof.cls_paste,
-                                                  ema_decay=prof.cls_ema, keep=prof.cls_keep),
+                                                  ema_decay=prof.cls_ema, keep=prof.cls_keep,
+                                                  schedule=prof.cls_schedule),
                               device=dev, checkpoint=work / "classifier.ckpt", progress=progress)
     p_all = predict_proba(cls, x_all, device=dev)
     cls_thr = best_classifier_threshold(y[va], p_all[va]) if len(va) else 0.5

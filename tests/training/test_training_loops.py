@@ -80,6 +80,50 @@ def test_classifier_weight_average_is_what_is_kept_and_resumes(tmp_path):
         fit_classifier(resnet18(width=4), x, y, None, None, ClassifierFitConfig(keep="first"))
 
 
+def test_classifier_cosine_schedule_runs_every_epoch_and_resumes(tmp_path, monkeypatch):
+    """schedule='cosine': every epoch runs (no early stop), the learning rate falls by a half cosine from lr to 1 % of
+    it at the last epoch, and an interrupted run resumes to the same weights."""
+    import math
+
+    torch.set_num_threads(1)
+    x, y = _cls_data()
+    cfg = ClassifierFitConfig(epochs=4, batch_size=8, seed=3, min_steps_per_epoch=2, lr=0.002, early_stop=1,
+                              schedule="cosine")
+    ref = _seeded(resnet18, width=4)
+    h = fit_classifier(ref, x, y, x[:8], y[:8], cfg)
+    assert h["epochs_run"] == 4
+    lrs = [e["lr"] for e in h["history"]]
+    want = [0.00002 + 0.5 * (0.002 - 0.00002) * (1 + math.cos(math.pi * e / 4)) for e in range(1, 5)]
+    np.testing.assert_allclose(lrs, want, rtol=1e-6)
+    # interrupted after epoch 2 of 4 (the checkpoint is written, then the run dies), resumed in a fresh network
+    import artseg_core.training.classifier as clsmod
+
+    ck = tmp_path / "c.ckpt"
+    real_save = clsmod.save_checkpoint
+
+    def save_then_die(path, payload):
+        real_save(path, payload)
+        if payload["state"]["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(clsmod, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        fit_classifier(_seeded(resnet18, width=4), x, y, x[:8], y[:8], cfg, checkpoint=ck)
+    monkeypatch.setattr(clsmod, "save_checkpoint", real_save)
+    # another budget than the checkpoint's schedule is refused (the cosine would not reach its end)
+    with pytest.raises(ValueError, match="cosine"):
+        fit_classifier(resnet18(width=4), x, y, x[:8], y[:8], ClassifierFitConfig(**{**cfg.__dict__, "epochs": 6}),
+                       checkpoint=ck)
+    resumed = resnet18(width=4)
+    h2 = fit_classifier(resumed, x, y, x[:8], y[:8], cfg, checkpoint=ck)
+    assert h2["resumed_from"] == 2 and h2["epochs_run"] == 4
+    assert [e["lr"] for e in h2["history"]] == lrs
+    for (k, a), b in zip(ref.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=k)
+    with pytest.raises(ValueError, match="schedule"):
+        fit_classifier(resnet18(width=4), x, y, None, None, ClassifierFitConfig(schedule="step"))
+
+
 def test_unet_resumes_to_the_same_weights(tmp_path):
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)

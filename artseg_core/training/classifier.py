@@ -125,7 +125,8 @@ def fit_classifier(model: torch.nn.Module, x_train: torch.Tensor, y_train: np.nd
     judged = ema.model if ema is not None else model  # the network validated and kept
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     cosine = cfg.schedule == "cosine"
-    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1), eta_min=0.01 * cfg.lr)
+    cosine_epochs = max(cfg.epochs, 1)  # the schedule's length; a resumed checkpoint must have the same
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cosine_epochs, eta_min=0.01 * cfg.lr)
              if cosine else torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.1,
                                                                        patience=cfg.plateau))
     y_train_t = torch.as_tensor(np.asarray(y_train), dtype=torch.long)
@@ -141,7 +142,7 @@ def fit_classifier(model: torch.nn.Module, x_train: torch.Tensor, y_train: np.nd
             if "ema" not in ck:
                 raise ValueError(f"{checkpoint}: written without a weight average; remove it to train afresh")
             ema.model.load_state_dict(ck["ema"])
-        if cosine and sched.T_max != max(cfg.epochs, 1):
+        if cosine and sched.T_max != cosine_epochs:
             raise ValueError(f"{checkpoint}: its cosine schedule runs {sched.T_max} epochs, this training "
                              f"{cfg.epochs}; remove it to train afresh")
         best_weights = ck["best_weights"]

@@ -20,6 +20,9 @@
              (its own 0.5 boundary), pseudo-masks with an ignored band
 * masks_K    weak plus hand masks of K artifact training fields (own loss term, oversampled)
 * zero_label the clean training fields only: a normality model of them (``artseg train --clean DIR``)
+* <variant>_second_opinion  reported beside every variant whose model stores a second opinion (the evidence
+             route): the same model, predicted with ``second_opinion=True`` (a field the classifier leaves unflagged
+             is flagged and segmented when its object evidence scores above every held-out clean field's)
 * baseline   no learning: pixels that deviate strongly from a smoothed background (robust z-score > 4), cleaned;
              ``baseline_clean``: the same detector with its z chosen on the training plate's clean fields by the
              zero-label mode's rule (leave ``zero_label_clean_empty`` of them without an object): the comparison
@@ -174,10 +177,10 @@ def clean_empty_known_clean(preds: dict, labels: dict, sources: dict) -> float |
     return round(clean_empty(sub, labels), 4) if any(labels[s] == 0 for s in sub) else None
 
 
-def score_model(model, imgs, truth, labels, types=None, sources=None) -> dict:
+def score_model(model, imgs, truth, labels, types=None, sources=None, second_opinion: bool = False) -> dict:
     preds, ys, ps, fl = {}, [], [], []
     for s, im in imgs.items():
-        r = model.predict(im, gate=True)
+        r = model.predict(im, gate=True, second_opinion=second_opinion)
         preds[s] = r.mask
         ys.append(labels[s])
         ps.append(r.p_artifact)
@@ -373,8 +376,14 @@ def main(argv=None) -> dict:
             cls_train_acc[name] = round(fit, 3)
         if not model.zero_label:
             shared.setdefault(cls_key, out / f"{name}.artseg")
-        results[name] = score_model(load_model(out / f"{name}.artseg"), imgs, truth, labels, types, sources)
+        loaded = load_model(out / f"{name}.artseg")
+        results[name] = score_model(loaded, imgs, truth, labels, types, sources)
         print(name, results[name], f"{seconds[name]} s", flush=True)
+        if loaded.second_opinion is not None and not loaded.profile.second_opinion:
+            # the same model with the object evidence's second opinion on the fields its classifier leaves unflagged
+            results[f"{name}_second_opinion"] = score_model(loaded, imgs, truth, labels, types, sources,
+                                                            second_opinion=True)
+            print(f"{name}_second_opinion", results[f"{name}_second_opinion"], flush=True)
     z_clean = baseline_clean_z(trp, get_profile(profile).zero_label_clean_empty)
     base_scores = {s: baseline_score(im) for s, im in imgs.items()}
     for name, z in (("baseline", 4.0), ("baseline_clean", z_clean)):

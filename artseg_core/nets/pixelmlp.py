@@ -26,14 +26,18 @@ class PixelMLP(nn.Module):
     def score_map(self, features: np.ndarray, mean: np.ndarray, std: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
         """Sigmoid probability map (H, W) float32 of a (F, H, W) feature stack (standardised with mean/std)."""
         f, h, w = features.shape
-        if f != self.n_features:
-            raise ValueError(f"expected {self.n_features} feature channels, got {f}")
-        rows = features.reshape(f, -1).T
+        return self.score_rows(features.reshape(f, -1).T, mean, std, chunk).reshape(h, w)
+
+    @torch.no_grad()
+    def score_rows(self, rows: np.ndarray, mean: np.ndarray, std: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+        """Sigmoid probabilities (N,) float32 of (N, F) feature rows (standardised with mean/std)."""
+        if rows.shape[1] != self.n_features:
+            raise ValueError(f"expected {self.n_features} feature channels, got {rows.shape[1]}")
         out = np.empty(rows.shape[0], np.float32)
         for i in range(0, rows.shape[0], chunk):
             z = torch.from_numpy(((rows[i:i + chunk] - mean) / std).astype(np.float32))
             out[i:i + chunk] = torch.sigmoid(self(z)).numpy()
-        return out.reshape(h, w)
+        return out
 
 
 __all__ = ["PixelMLP"]

@@ -80,6 +80,10 @@ class Profile:
     #                                   (imgproc.normalize); model files written before this setting: percentile
     train_fast_math: bool = False  # channels-last + bf16 autocast where bf16 is native (fp32 is the reference)
     # prediction
+    second_opinion: bool = False  # predict: a field the classifier leaves unflagged is still flagged (and segmented)
+    #   when its object evidence scores above every held-out clean field's (weak/evidence.SecondOpinion; evidence
+    #   route only; predict(second_opinion=) overrides it per call). Off by default: it runs the filter bank (about
+    #   0.5 s per 512 x 512 field, 1 thread) on every field the classifier leaves unflagged
     predict_tile: int = 1024
     predict_overlap: int = 128
 

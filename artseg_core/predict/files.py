@@ -64,6 +64,7 @@ class PredictOptions:
     min_size_um: float | None = None   # um^2 (area), needs a pixel size
     pixel_size: float | None = None    # um/pixel; None = from the file's metadata when present
     rescale: bool = False              # resample to the model's pixel size (ArtifactModel.predict(rescale=))
+    second_opinion: bool | None = None  # ArtifactModel.predict(second_opinion=); None = the model's setting
 
     def __post_init__(self):
         if self.cleaned is not None and self.cleaned not in FILL_METHODS:
@@ -104,7 +105,8 @@ def process_file(model, path, out_dir, options: PredictOptions | None = None, na
         if opts.min_size_um is not None and px is None:
             raise ImageReadError(path, "--min-size-um needs a pixel size (--pixel-size or TIFF metadata)")
         res = model.predict(image, gate=opts.gate, threshold=opts.threshold, min_size=opts.min_size,
-                            pixel_size=px, min_size_um=opts.min_size_um, fill=opts.cleaned, rescale=opts.rescale)
+                            pixel_size=px, min_size_um=opts.min_size_um, fill=opts.cleaned, rescale=opts.rescale,
+                            second_opinion=opts.second_opinion)
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         paths = output_paths(out_dir, name)

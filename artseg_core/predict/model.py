@@ -30,6 +30,8 @@ from artseg_core.nets.profiles import Profile
 
 #: Default thresholds used before calibration (and documented in the README).
 DEFAULT_THRESHOLDS = {"classifier": 0.5, "gate": 0.1, "unet": 0.5, "min_size": 16}
+#: prefix of the second opinion's arrays in the model file (:class:`~artseg_core.weak.evidence.SecondOpinion`)
+SECOND_OPINION_PREFIX = "second_opinion"
 #: an image whose pixel size differs from the model's by more than this fraction gets a warning
 PIXEL_SIZE_TOLERANCE = 0.2
 
@@ -129,7 +131,7 @@ class ArtifactModel:
 
     def __init__(self, profile: Profile, classifier, unet, thresholds: dict | None = None,
                  quality_thresholds: dict | None = None, summary: dict | None = None, device: str = "cpu",
-                 precision: str = "fp32", pixel_size: float | None = None, normality=None):
+                 precision: str = "fp32", pixel_size: float | None = None, normality=None, second_opinion=None):
         self.profile = profile
         if normality is None and (classifier is None or unet is None):
             raise ValueError("a model needs a classifier and a U-Net, or a normality model (zero-label mode)")
@@ -139,6 +141,9 @@ class ArtifactModel:
         #: model of the clean fields replaces both networks; the mask is where its anomaly score exceeds
         #: ``thresholds["unet"]``, and an image is flagged when its mask is non-empty.
         self.normality = normality
+        #: :class:`~artseg_core.weak.evidence.SecondOpinion` of the evidence route (None for other routes and for
+        #: model files written before this option existed); used by :meth:`predict` with ``second_opinion``
+        self.second_opinion = second_opinion
         self.thresholds = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
         self.quality_thresholds = dict(quality_thresholds or {})
         self.summary = dict(summary or {})
@@ -235,7 +240,8 @@ class ArtifactModel:
 
     def predict(self, image: np.ndarray, gate: bool = True, threshold: float | None = None,
                 min_size: int | None = None, pixel_size: float | None = None, min_size_um: float | None = None,
-                fill: str | None = None, fill_holes: bool = True, seed: int = 0, rescale: bool = False) -> Result:
+                fill: str | None = None, fill_holes: bool = True, seed: int = 0, rescale: bool = False,
+                second_opinion: bool | None = None) -> Result:
         """Find and mask artifacts in one 2-D image.
 
         Parameters
@@ -263,6 +269,12 @@ class ArtifactModel:
             model's pixel size for the networks and map the probability map back to the image's pixels (the
             mask, objects, areas and QC scores are then those of the image as given). Without it, an image
             whose pixel size differs by more than 20 % from the model's is segmented as is, with a warning.
+        second_opinion : bool, optional
+            With ``gate``: an image the classifier leaves unflagged is flagged anyway, and segmented, when its
+            object evidence scores above every held-out clean field's (:class:`~artseg_core.weak.evidence.
+            SecondOpinion`; it catches artifact fields the classifier misses, at about 0.5 s per 512 x 512 field on
+            one core). None = the profile's ``second_opinion`` setting. Needs a model of the evidence route whose file
+            stores one (written since this option exists).
         """
         from artseg_core.imgproc.inpaint import fill_artifacts
 
@@ -273,17 +285,20 @@ class ArtifactModel:
         if factor is not None:
             return self._predict_rescaled(image, factor, gate=gate, threshold=threshold, min_size=min_size,
                                           pixel_size=pixel_size, min_size_um=min_size_um, fill=fill,
-                                          fill_holes=fill_holes, seed=seed)
+                                          fill_holes=fill_holes, seed=seed, second_opinion=second_opinion)
         # Memory: the normalised float32 image (4 bytes/px) lives only while the classifier runs; the U-Net
         # normalises tile by tile with the same offset/scale (identical values to io.normalize).
         lo, scale = normalize_range(image, method=self.profile.normalization)
         norm = apply_normalization(image, lo, scale)
+        ask_second = gate and self._use_second_opinion(second_opinion)
         if self.zero_label:
             return self._predict_zero_label(image, norm, threshold, min_size, pixel_size, min_size_um, fill,
                                             fill_holes, seed)
         p = self.classify(norm)
-        del norm
         flagged = p >= self.thresholds["classifier"]
+        if ask_second and not flagged:
+            flagged = self.second_opinion.flags(norm)
+        del norm
         quality = quality_scores(image)
         quality.update(quality_flags(quality, self.quality_thresholds))
         run_unet = (not gate) or flagged
@@ -301,6 +316,14 @@ class ArtifactModel:
         cleaned = fill_artifacts(image, mask, method=fill, seed=seed) if fill else None
         return Result(p_artifact=p, flagged=bool(flagged), segmented=bool(run_unet), prob=prob, mask=mask,
                       labels=labels, objects=objects, quality=quality, cleaned=cleaned)
+
+    def _use_second_opinion(self, requested: bool | None) -> bool:
+        """Whether :meth:`predict` asks the second opinion: ``requested``, or the profile's setting when None."""
+        use = self.profile.second_opinion if requested is None else bool(requested)
+        if use and self.second_opinion is None:
+            raise ValueError("this model has no second opinion: only the evidence route (profile fast) stores one, "
+                             "since this option exists; train the model again, or predict without second_opinion")
+        return use
 
     def _min_size_px(self, min_size: int | None, min_size_um: float | None, pixel_size: float | None) -> int:
         """Minimum object area in pixels: from um^2 when ``min_size_um`` is given, else ``min_size`` or the
@@ -364,7 +387,8 @@ class ArtifactModel:
                           grid_mode=True, mode="nearest")
         gate, fill, seed = kw.pop("gate"), kw.pop("fill"), kw.pop("seed")
         pixel_size, min_size_um = kw.pop("pixel_size"), kw.pop("min_size_um")
-        r = self.predict(zoomed, gate=gate, threshold=kw["threshold"], min_size=0, fill=None, fill_holes=False)
+        r = self.predict(zoomed, gate=gate, threshold=kw["threshold"], min_size=0, fill=None, fill_holes=False,
+                         second_opinion=kw.pop("second_opinion"))
         thr = self.thresholds["unet"] if kw["threshold"] is None else float(kw["threshold"])
         ms = self._min_size_px(kw["min_size"], min_size_um, pixel_size)
         quality = quality_scores(image)
@@ -375,7 +399,8 @@ class ArtifactModel:
             mask = clean_mask(prob, threshold=thr, min_size=ms, fill_holes=kw["fill_holes"])
         else:
             prob, mask = None, np.zeros(shape, bool)
-        flagged = r.p_artifact >= self.thresholds["classifier"] or bool(mask.any())
+        # with the gate, the U-Net ran only on flagged images (by the classifier or the second opinion)
+        flagged = r.p_artifact >= self.thresholds["classifier"] or (gate and r.segmented) or bool(mask.any())
         labels = label_objects(mask)
         objects = object_table(labels, prob=prob, pixel_size=pixel_size)
         cleaned = fill_artifacts(image, mask, method=fill, seed=seed) if fill else None
@@ -406,6 +431,8 @@ class ArtifactModel:
         else:
             arrays = {**state_dict_to_arrays("classifier", self.classifier.state_dict()),
                       **state_dict_to_arrays("unet", self.unet.state_dict())}
+            if self.second_opinion is not None:
+                arrays.update(self.second_opinion.to_arrays(SECOND_OPINION_PREFIX))
         return save_model_file(path, self.manifest(), arrays)
 
     def __repr__(self) -> str:
@@ -424,7 +451,7 @@ def load_model(path, device: str = "auto", precision: str = "fp32") -> ArtifactM
         Missing, truncated, corrupt, foreign or newer-format file, or weights that do not fit the configuration.
     """
     manifest, arrays = load_model_file(path)
-    normality = None
+    normality = opinion = None
     try:
         profile = Profile.from_dict(manifest["profile"])
         if manifest.get("kind") == "zero_label":
@@ -436,6 +463,10 @@ def load_model(path, device: str = "auto", precision: str = "fp32") -> ArtifactM
             cls, unet = ArtifactModel.build_networks(profile)
             cls.load_state_dict(arrays_to_state_dict("classifier", arrays))
             unet.load_state_dict(arrays_to_state_dict("unet", arrays))
+            if has_second_opinion(arrays):
+                from artseg_core.weak.evidence import SecondOpinion
+
+                opinion = SecondOpinion.from_arrays(SECOND_OPINION_PREFIX, arrays)
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise ModelFileError(path, f"weights do not match the stored configuration ({str(e).splitlines()[0]})") \
             from None
@@ -444,7 +475,13 @@ def load_model(path, device: str = "auto", precision: str = "fp32") -> ArtifactM
         raise ModelFileError(path, f"pixel_size_um must be a positive number of um/pixel, got {px!r}")
     return ArtifactModel(profile, cls, unet, thresholds=manifest.get("thresholds"),
                          quality_thresholds=manifest.get("quality_thresholds"), summary=manifest.get("summary"),
-                         device=device, precision=precision, pixel_size=px, normality=normality)
+                         device=device, precision=precision, pixel_size=px, normality=normality,
+                         second_opinion=opinion)
+
+
+def has_second_opinion(arrays: dict) -> bool:
+    """Whether a model file's arrays hold a :class:`~artseg_core.weak.evidence.SecondOpinion`."""
+    return any(k.startswith(SECOND_OPINION_PREFIX + ".") for k in arrays)
 
 
 def _check_pixel_size(value, what: str) -> float:

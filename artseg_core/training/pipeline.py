@@ -20,7 +20,7 @@ import logging
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -262,6 +262,11 @@ def _write_pseudo_masks(work, f: _Fields, pseudo: dict) -> None:
         write_tiff(work / "pseudo_masks" / f"{f.samples[i].path.stem}.tif", (m * 255).astype(np.uint8))
 
 
+#: the evidence step hands its :class:`~artseg_core.weak.evidence.SecondOpinion` to :func:`train` under this key of
+#: its summary (taken out before the summary is written)
+SECOND_OPINION_KEY = "_second_opinion"
+
+
 def _evidence_step(prof, f: _Fields, seed, work, keep, progress):
     """Step 2 of the evidence route (:mod:`artseg_core.weak.evidence`), all fitted on the training split:
 
@@ -283,6 +288,7 @@ def _evidence_step(prof, f: _Fields, seed, work, keep, progress):
         candidate_objects,
         clean_field_threshold,
         fit_object_evidence,
+        SecondOpinion,
         fit_pixel_evidence,
         object_features,
     )
@@ -323,6 +329,11 @@ def _evidence_step(prof, f: _Fields, seed, work, keep, progress):
                   for i in need}
     peaks = np.array([obj_scores[i].max() if len(obj_scores[i]) else -np.inf for i in ref])
     obj_thr = float(np.quantile(peaks, prof.evidence_clean_empty, method="higher")) + 1e-4 if len(peaks) else np.inf
+    # the image decision's second opinion (predict(second_opinion=True)): a field whose best object scores above
+    # every held-out clean field's
+    opinion = None
+    if oev is not None and len(peaks) and np.isfinite(peaks.max()):
+        opinion = SecondOpinion(ev, oev, float(peaks.max()))
     masked_val = [i for i in art_idx if i in f.true_masks and i in val]
     ms = prof.evidence_min_size
     if masked_val:
@@ -356,6 +367,10 @@ def _evidence_step(prof, f: _Fields, seed, work, keep, progress):
             "object_threshold_source": f"{prof.evidence_clean_empty:.0%} of {len(ref)} clean fields without a kept "
                                        f"candidate object",
             "ignore_band": prof.pseudo_ignore, **({"normal_pixels_ignored": normal_info} if normal_info else {}),
+            "second_opinion_threshold": round(opinion.threshold, 4) if opinion else None,
+            "second_opinion_threshold_source": f"highest object score of {len(ref)} clean "
+                                               f"{'validation' if clean_val else 'training'} fields",
+            SECOND_OPINION_KEY: opinion,
             "mean_pseudo_mask_fraction": float(np.mean([m.mean() for m in pseudo.values()]))}
     log.info("evidence pseudo-masks: map threshold %.3f (%s), object threshold (logit) %.3f, mean fraction %.4f", thr,
              source, obj_thr, info["mean_pseudo_mask_fraction"])
@@ -685,6 +700,9 @@ def train(images=None, labels=None, *, clean=None, artifact=None, masks=None, pr
     dev = resolve_device(device)
     set_threads()
     zero_label = clean is not None and images is None and labels is None and artifact is None
+    if prof.second_opinion and (zero_label or prof.cam_source != "evidence"):
+        raise ValueError("second_opinion needs the evidence route (cam_source=evidence, as in profile fast): its "
+                         "object evidence is the second opinion")
     samples = load_labeled_set(images, labels, clean=clean, artifact=artifact, masks=masks, clean_only=zero_label)
     pretrained = None if zero_label else _pretrained_file(prof, unlabelled)
     if zero_label:
@@ -715,7 +733,13 @@ def train(images=None, labels=None, *, clean=None, artifact=None, masks=None, pr
         ufit = _unet_step(prof, unet, f, saliency, cam_thr, use_masks_for_training, seed, dev, work, progress,
                           pretrained=pre is not None)
         t4 = time.perf_counter()
+        opinion = cam_info.pop(SECOND_OPINION_KEY, None)
+        if opinion is None and prof.second_opinion:
+            log.warning("no second opinion could be fitted (no candidate objects in clean or in artifact fields); "
+                        "the model predicts without one")
+            prof = replace(prof, second_opinion=False)
         model = ArtifactModel(prof, cls, unet, thresholds={"classifier": cls_thr, "gate": gate}, device=dev,
+                              second_opinion=opinion,
                               pixel_size=pixel_size if pixel_size is not None
                               else pixel_size_from_files([s.path for s in f.samples]))
         calib = _calibrate(model, f)

@@ -252,6 +252,11 @@ def test_changed_settings_refused_and_dry_run_writes_nothing(tmp_path, trained_m
     run_batch(plate, trained_model_path, out, progress=False, report=False)
     with pytest.raises(BatchError, match="different options"):
         run_batch(plate, trained_model_path, out, options=PredictOptions(threshold=0.9), progress=False)
+    # a second opinion the model does not hold is refused before any image is read
+    with pytest.raises(BatchError, match="no second opinion"):
+        run_batch(plate, trained_model_path, tmp_path / "so", options=PredictOptions(second_opinion=True),
+                  progress=False)
+    assert not (tmp_path / "so" / "artseg_results.csv").exists()
     with pytest.raises(Exception, match="no such model file"):
         run_batch(plate, tmp_path / "missing.artseg", out)
 

@@ -291,6 +291,7 @@ def test_evidence_route_trains_reusing_a_classifier(trained_model_path, tmp_path
         inter += (m & t).sum()
         union += (m | t).sum()
     assert inter / max(union, 1) > 0.1
+    _check_second_opinion(model, plate, trained_model_path, tmp_path)
     with pytest.raises(ValueError, match="zero-label"):
         zl = tmp_path / "zl.artseg"
         from artseg_core.training.pipeline import _reuse_classifier
@@ -301,6 +302,83 @@ def test_evidence_route_trains_reusing_a_classifier(trained_model_path, tmp_path
                               components=1, iters=3)
         ArtifactModel(model.profile, None, None, normality=nm).save(zl)
         _reuse_classifier(model.classifier, zl, "percentile")
+
+
+def _check_second_opinion(model, plate, classifier_only_path, tmp_path):
+    """The evidence route's second opinion: stored in the model file, and in predict it flags (and segments) exactly
+    the fields the classifier leaves unflagged whose object score exceeds its threshold."""
+    import dataclasses
+    import math
+
+    import artseg_core
+    from artseg_core.io.images import read_image
+
+    op = model.second_opinion
+    assert op is not None and math.isfinite(op.threshold)
+    assert model.summary["scorecam"]["second_opinion_threshold"] == round(op.threshold, 4)
+    assert "_second_opinion" not in model.summary["scorecam"]
+    model.thresholds["classifier"] = 1.01  # the classifier flags nothing: every flag below is the second opinion's
+    model.save(tmp_path / "so.artseg")
+    loaded = artseg_core.load_model(tmp_path / "so.artseg", device="cpu")
+    images = [read_image(p) for p in sorted((plate / "images").glob("*.tif"))[:8]]
+    scores = [op.score(model.normalize(im)) for im in images]
+    assert [loaded.second_opinion.score(loaded.normalize(im)) for im in images] == pytest.approx(scores, abs=1e-5)
+    # the threshold set in the middle of these fields' scores, so that both answers occur
+    loaded.second_opinion.threshold = float(np.median([s for s in scores if math.isfinite(s)]))
+    for im, sc in zip(images, scores):
+        plain = loaded.predict(im)
+        assert not plain.flagged and not plain.segmented and not plain.mask.any()
+        r = loaded.predict(im, second_opinion=True)
+        assert r.flagged == r.segmented == (sc > loaded.second_opinion.threshold), sc
+        assert r.mask.any() <= r.flagged
+    # resampled to the model's pixel size, the request reaches the resampled prediction: with a threshold below any
+    # score, every field with a candidate object is flagged
+    loaded.pixel_size, thr = 1.0, loaded.second_opinion.threshold
+    loaded.second_opinion.threshold = -1e9
+    im = images[int(np.argmax(scores))]
+    assert loaded.predict(im, second_opinion=True, pixel_size=0.8, rescale=True).flagged
+    assert not loaded.predict(im, pixel_size=0.8, rescale=True).flagged
+    loaded.pixel_size, loaded.second_opinion.threshold = None, thr
+    # a field larger than max_pixels is scored in overlapping tiles (bounded memory), as the highest of their scores
+    big = np.tile(model.normalize(images[int(np.argmax(scores))]), (2, 2))
+    seen = []
+    whole = op._score_whole
+    op._score_whole = lambda t: seen.append(t.shape) or whole(t)
+    try:
+        tiled = op.score(big, max_pixels=300 * 300)
+    finally:
+        del op._score_whole
+    # 3 x 3 tiles of at most 300 px: neighbours overlap by 128 px, the filter bank's reach on both sides
+    assert len(seen) == 9 and all(256 <= min(sh) and max(sh) <= 300 for sh in seen)
+    assert math.isfinite(tiled) and tiled >= max(scores) - 1.0
+    # the profile's setting is the default of predict
+    loaded.profile = dataclasses.replace(loaded.profile, second_opinion=True)
+    assert [loaded.predict(im).flagged for im in images] == [s > loaded.second_opinion.threshold for s in scores]
+    assert not any(loaded.predict(im, second_opinion=False).flagged for im in images)
+    # a model without one (the Score-CAM route) says so instead of ignoring the request
+    with pytest.raises(ValueError, match="no second opinion"):
+        artseg_core.load_model(classifier_only_path).predict(images[0], second_opinion=True)
+    # the command line: --second-opinion asks it (the model's own setting is off), and the CSV says which were flagged
+    import csv
+
+    from click.testing import CliRunner
+
+    from artseg_core.cli.main import main
+
+    loaded.profile = dataclasses.replace(loaded.profile, second_opinion=False)
+    loaded.save(tmp_path / "so_mid.artseg")
+    paths = sorted((plate / "images").glob("*.tif"))[:8]
+    for flag, expect in (("--second-opinion", [s > loaded.second_opinion.threshold for s in scores]),
+                         ("--no-second-opinion", [False] * len(paths))):
+        out = tmp_path / f"out{flag}"
+        res = CliRunner().invoke(main, ["predict", *map(str, paths), "--model", str(tmp_path / "so_mid.artseg"),
+                                        "--out", str(out), "--quiet", flag])
+        assert res.exit_code == 0, res.output
+        rows = {r["image"].split("/")[-1]: r for r in csv.DictReader(open(out / "artseg_results.csv"))}
+        assert [rows[p.name]["flagged"] == "True" for p in paths] == expect
+    res = CliRunner().invoke(main, ["predict", str(paths[0]), "--model", str(classifier_only_path), "--out",
+                                    str(tmp_path / "refused"), "--quiet", "--second-opinion"])
+    assert res.exit_code == 2 and "no second opinion" in res.output and str(classifier_only_path) in res.output
 
 
 def test_pseudo_mask_pixels_that_look_like_clean_fields_leave_the_loss():

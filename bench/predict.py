@@ -10,7 +10,9 @@ Measured in one run:
    20 % artifact images (20 images, 512 x 512, the training size: the classifier sees whole images
    resized, so other sizes would change what it sees). Images are read before timing; the time is
    ``predict`` only (normalisation, classifier, QC scores, U-Net, mask clean-up, labels, object
-   table; no ``fill``). How many images the U-Net ran on is reported with the rates.
+   table; no ``fill``). How many images the U-Net ran on is reported with the rates. When the model
+   stores a second opinion (the evidence route), ``predict(gate=True, second_opinion=True)`` is timed in
+   the same passes, and ``second_opinion_slowdown`` is gated images/s without it over with it.
 2. **fast vs paper** - images/s of ``predict(gate=False)`` with the ``fast`` and the ``paper``
    profile's networks on the first images of the same plate. Both are built untrained
    (``ArtifactModel(profile, *ArtifactModel.build_networks(profile))``): weights do not change the
@@ -107,16 +109,18 @@ def _read_plate(work: Path, mode: str) -> tuple[list, list[bool], dict]:
     return images, truth, {**cfg, "n_images": len(images), "n_artifact": int(sum(truth))}
 
 
-def _rates(configs: list[tuple[object, bool]], images: list, repeats: int) -> list[dict]:
-    """images/s of ``model.predict(image, gate=gate)`` over ``images`` for each ``(model, gate)``.
+def _rates(configs: list[tuple], images: list, repeats: int) -> list[dict]:
+    """images/s of ``model.predict(image, gate=gate[, second_opinion=so])`` over ``images`` for each ``(model, gate)``
+    or ``(model, gate, so)``.
 
     Every image is predicted with each configuration in turn (the order alternating), ``repeats``
     times, after one warm-up call each; so a change of the machine's load hits all of them alike. The
     rate is ``n_images / sum over images of the fastest of the repeats`` (robust to load spikes); the
     median-based rate is reported too.
     """
-    for model, g in configs:
-        model.predict(images[0], gate=g)  # warm-up (allocator, oneDNN primitives)
+    configs = [(c[0], c[1], c[2] if len(c) > 2 else None) for c in configs]
+    for model, g, so in configs:
+        model.predict(images[0], gate=g, second_opinion=so)  # warm-up (allocator, oneDNN primitives)
     times = np.zeros((len(configs), max(1, repeats), len(images)))
     cpu = np.zeros_like(times)
     segmented = np.zeros((len(configs), len(images)), bool)
@@ -124,9 +128,9 @@ def _rates(configs: list[tuple[object, bool]], images: list, repeats: int) -> li
         for i, im in enumerate(images):
             order = range(len(configs)) if (r + i) % 2 == 0 else reversed(range(len(configs)))
             for k in order:
-                model, g = configs[k]
+                model, g, so = configs[k]
                 c0, t0 = time.process_time(), time.perf_counter()
-                segmented[k, i] = model.predict(im, gate=g).segmented
+                segmented[k, i] = model.predict(im, gate=g, second_opinion=so).segmented
                 times[k, r, i] = time.perf_counter() - t0
                 cpu[k, r, i] = time.process_time() - c0
     n = len(images)
@@ -232,12 +236,18 @@ def run(quick: bool = False, size: int | None = None, bigimage: bool = True, pap
         images, truth, plate_info = _read_plate(work, mode)
 
         log("gated vs ungated ...")
-        gated, ungated = _rates([(model, True), (model, False)], images, repeats)
+        configs = [(model, True), (model, False)]
+        if model.second_opinion is not None:  # the evidence route's opt-in second opinion, in the same run
+            configs.append((model, True, True))
+        gated, ungated, *second = _rates(configs, images, repeats)
+        second = second[0] if second else None
         gated["n_artifact_images_segmented"] = sum(
             model.predict(im, gate=True).segmented for im, t in zip(images, truth) if t)
         log(f"  gated {gated['images_per_s']} img/s ({gated['n_segmented']}/{gated['n_images']} segmented, "
             f"{gated['n_artifact_images_segmented']}/{plate_info['n_artifact']} of the artifact images), "
-            f"ungated {ungated['images_per_s']} img/s")
+            f"ungated {ungated['images_per_s']} img/s"
+            + (f", gated with the second opinion {second['images_per_s']} img/s ({second['n_segmented']} segmented)"
+               if second else ""))
 
         log(f"fast vs paper (untrained networks, gate=False, {n_paper} image(s)) ...")
         names = ("fast", "paper")
@@ -266,6 +276,8 @@ def run(quick: bool = False, size: int | None = None, bigimage: bool = True, pap
         "gated_speedup": round(gated["images_per_s"] / ungated["images_per_s"], 3),
         "fast_vs_paper_speedup": round(nets["fast"]["images_per_s"] / nets["paper"]["images_per_s"], 2),
         "gated_speedup_cpu": round(ungated["cpu_s_per_image"] / gated["cpu_s_per_image"], 3),
+        # gated without / with the second opinion (predict(second_opinion=True)); None when the model has none
+        "second_opinion_slowdown": round(gated["images_per_s"] / second["images_per_s"], 3) if second else None,
         "fast_vs_paper_speedup_cpu": round(nets["paper"]["cpu_s_per_image"] / nets["fast"]["cpu_s_per_image"], 2),
         "bigimage_peak_rss_mb": big["peak_rss_mb"] if big else None,
         "bigimage_goal_mb": GOAL_MB,
@@ -273,7 +285,7 @@ def run(quick: bool = False, size: int | None = None, bigimage: bool = True, pap
         "details": {
             "trained_model": {**train_info, "profile_settings": _profile_summary(model.profile)},
             "plate": plate_info,
-            "gated": gated, "ungated": ungated,
+            "gated": gated, "ungated": ungated, "gated_second_opinion": second,
             "fast_vs_paper": {"n_images": n_paper, "image_size": list(plate_info["shape"]), "repeats": 3,
                               "note": "untrained networks (weights do not change the cost), gate=False, "
                                       "U-Net threshold 2 (empty masks: same post-processing for both)",

@@ -547,12 +547,11 @@ def _start(out: Path, plate, model_path: Path, man: Manifest, done: dict, opts: 
     from artseg_core.io.modelfile import load_model_file
     from artseg_core.io.results import write_csv
 
-    from artseg_core.predict.model import has_second_opinion
+    from artseg_core.predict.model import NO_SECOND_OPINION, has_second_opinion
 
     manifest, arrays = load_model_file(model_path)  # validates the file before any worker starts
     if opts.second_opinion and not has_second_opinion(arrays):
-        raise BatchError(f"{model_path}: this model has no second opinion (models of the default route store one since "
-                         "this option exists; train it again); run without --second-opinion")
+        raise BatchError(f"{model_path}: {NO_SECOND_OPINION}")
     settings = {
         "artseg_version": _version(), "model": str(model_path.resolve()), "model_sha256": _sha256(model_path),
         "model_thresholds": manifest.get("thresholds", {}),

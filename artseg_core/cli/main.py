@@ -208,7 +208,7 @@ def predict_options(f):
                           "the model's object evidence finds an object unlike those of the held-out clean images "
                           "(catches artifact images the classifier misses; about 0.5 s more per 512 x 512 image "
                           "on one core). Default: the model's setting (off unless trained with "
-                          "second_opinion=true). Needs a model of the default route that stores one."),
+                          "--second-opinion). Needs a model of the default route that stores one."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -282,8 +282,9 @@ def predict(inputs, model_path, out, csv_path, recursive, device, quiet, verbose
         _fail("; ".join(msg for _, msg in missing))
     model = _load(model_path, device)
     if options.second_opinion and model.second_opinion is None:
-        _fail(f"{model_path}: this model has no second opinion (models of the default route store one since "
-              "this option exists; train it again); predict without --second-opinion")
+        from artseg_core.predict.model import NO_SECOND_OPINION
+
+        _fail(f"{model_path}: {NO_SECOND_OPINION}")
     try:
         run = run_predict(model, paths, out, options, csv_path=csv_path, progress=not quiet, failed_inputs=missing)
     except OutputFolderError as e:

@@ -32,6 +32,9 @@ from artseg_core.nets.profiles import Profile
 DEFAULT_THRESHOLDS = {"classifier": 0.5, "gate": 0.1, "unet": 0.5, "min_size": 16}
 #: prefix of the second opinion's arrays in the model file (:class:`~artseg_core.weak.evidence.SecondOpinion`)
 SECOND_OPINION_PREFIX = "second_opinion"
+#: why a second opinion cannot be asked of a model that has none
+NO_SECOND_OPINION = ("this model has no second opinion: only the evidence route (profile fast) stores one, since "
+                     "that option exists; train the model again, or predict without the second opinion")
 #: an image whose pixel size differs from the model's by more than this fraction gets a warning
 PIXEL_SIZE_TOLERANCE = 0.2
 
@@ -321,8 +324,7 @@ class ArtifactModel:
         """Whether :meth:`predict` asks the second opinion: ``requested``, or the profile's setting when None."""
         use = self.profile.second_opinion if requested is None else bool(requested)
         if use and self.second_opinion is None:
-            raise ValueError("this model has no second opinion: only the evidence route (profile fast) stores one, "
-                             "since this option exists; train the model again, or predict without second_opinion")
+            raise ValueError(NO_SECOND_OPINION)
         return use
 
     def _min_size_px(self, min_size: int | None, min_size_um: float | None, pixel_size: float | None) -> int:

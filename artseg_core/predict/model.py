@@ -421,6 +421,9 @@ class ArtifactModel:
             "thresholds": self.thresholds,
             "quality_thresholds": self.quality_thresholds,
             "pixel_size_um": self.pixel_size,
+            # the stored second opinion's threshold (object-evidence logit); None when the model has none
+            "second_opinion_threshold": (round(float(self.second_opinion.threshold), 4)
+                                         if self.second_opinion is not None else None),
             "summary": self.summary,
             "versions": {"artseg": __version__, "torch": torch.__version__, "numpy": np.__version__,
                          "python": platform.python_version()},

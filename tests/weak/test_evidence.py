@@ -320,6 +320,7 @@ def _check_second_opinion(model, plate, classifier_only_path, tmp_path):
     model.thresholds["classifier"] = 1.01  # the classifier flags nothing: every flag below is the second opinion's
     model.save(tmp_path / "so.artseg")
     loaded = artseg_core.load_model(tmp_path / "so.artseg", device="cpu")
+    assert loaded.manifest()["second_opinion_threshold"] == round(op.threshold, 4)
     images = [read_image(p) for p in sorted((plate / "images").glob("*.tif"))[:8]]
     scores = [op.score(model.normalize(im)) for im in images]
     assert [loaded.second_opinion.score(loaded.normalize(im)) for im in images] == pytest.approx(scores, abs=1e-5)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from artseg_core.imgproc.features import N_FEATURES, pixel_features, sample_pixels
+from artseg_core.imgproc.features import pixel_features, sample_pixels
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +48,37 @@ def _check_field(image) -> np.ndarray:
 
 
 @dataclass
-class PixelEvidence:
-    """Per-pixel P(field is an artifact field | pixel features), from image labels (see the module docstring)."""
+class _Scorer:
+    """A :class:`~artseg_core.nets.pixelmlp.PixelMLP` with the standardisation of its input rows; stored in a model
+    file as ``<prefix>.net.*``, ``<prefix>.mean`` and ``<prefix>.std``."""
 
     net: object      # artseg_core.nets.pixelmlp.PixelMLP
     mean: np.ndarray
     std: np.ndarray
+
+    def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        from artseg_core.io.modelfile import state_dict_to_arrays
+
+        return {**state_dict_to_arrays(f"{prefix}.net", self.net.state_dict()),
+                f"{prefix}.mean": self.mean.astype(np.float32), f"{prefix}.std": self.std.astype(np.float32)}
+
+    @classmethod
+    def from_arrays(cls, prefix: str, arrays: dict, hidden: int | None = None):
+        """The scorer stored under ``prefix``; the network's sizes are those of the stored weights (``hidden``, when
+        given, is checked against them)."""
+        from artseg_core.io.modelfile import arrays_to_state_dict
+        from artseg_core.nets.pixelmlp import PixelMLP
+
+        sd = arrays_to_state_dict(f"{prefix}.net", arrays)
+        n_hidden, n_features = sd["body.0.weight"].shape
+        net = PixelMLP(n_features, n_hidden if hidden is None else hidden)
+        net.load_state_dict(sd)
+        return cls(net.eval(), np.asarray(arrays[f"{prefix}.mean"]), np.asarray(arrays[f"{prefix}.std"]))
+
+
+@dataclass
+class PixelEvidence(_Scorer):
+    """Per-pixel P(field is an artifact field | pixel features), from image labels (see the module docstring)."""
 
     def score(self, image: np.ndarray, smooth: float = SMOOTH_SIGMA) -> np.ndarray:
         """(H, W) float32 evidence in [0, 1] of one normalised field, Gaussian-smoothed by ``smooth`` px."""
@@ -76,21 +101,6 @@ class PixelEvidence:
             m = np.zeros(features.shape[1:], np.float32)
             m[reach] = self.net.score_rows(features[:, reach].T, self.mean, self.std)
         return ndi.gaussian_filter(m, smooth).astype(np.float32) if smooth else m
-
-    def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
-        from artseg_core.io.modelfile import state_dict_to_arrays
-
-        return {**state_dict_to_arrays(f"{prefix}.net", self.net.state_dict()),
-                f"{prefix}.mean": self.mean.astype(np.float32), f"{prefix}.std": self.std.astype(np.float32)}
-
-    @classmethod
-    def from_arrays(cls, prefix: str, arrays: dict, hidden: int) -> "PixelEvidence":
-        from artseg_core.io.modelfile import arrays_to_state_dict
-        from artseg_core.nets.pixelmlp import PixelMLP
-
-        net = PixelMLP(N_FEATURES, hidden)
-        net.load_state_dict(arrays_to_state_dict(f"{prefix}.net", arrays))
-        return cls(net.eval(), np.asarray(arrays[f"{prefix}.mean"]), np.asarray(arrays[f"{prefix}.std"]))
 
 
 def _field_rows(images, per_field: int, seed: int, workers: int = 1) -> list[np.ndarray]:
@@ -200,17 +210,13 @@ def object_features(features: np.ndarray, evidence: np.ndarray, labels: np.ndarr
 
 
 @dataclass
-class ObjectEvidence:
+class ObjectEvidence(_Scorer):
     """Per candidate object: how much it looks like the artifact of an artifact field, from image labels.
 
     Trained as multiple-instance learning (:func:`fit_object_evidence`): a field is a bag of candidate objects
     whose score is that of its highest-scoring object, and only that has to match the field's label. A clean
     field pushes all its objects (cells, background texture) down; an artifact field needs one object up, so the
     cells it also holds are not taught to be artifacts."""
-
-    net: object
-    mean: np.ndarray
-    std: np.ndarray
 
     def logit(self, rows: np.ndarray) -> np.ndarray:
         """(n,) float32 logits; thresholds are taken on these (the probabilities saturate at 1 in float32)."""
@@ -360,31 +366,14 @@ class SecondOpinion:
         return self.score(image) > self.threshold
 
     def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
-        from artseg_core.io.modelfile import state_dict_to_arrays
-
-        return {**self.pixel.to_arrays(f"{prefix}.pixel"),
-                **state_dict_to_arrays(f"{prefix}.objects.net", self.objects.net.state_dict()),
-                f"{prefix}.objects.mean": self.objects.mean.astype(np.float32),
-                f"{prefix}.objects.std": self.objects.std.astype(np.float32),
+        return {**self.pixel.to_arrays(f"{prefix}.pixel"), **self.objects.to_arrays(f"{prefix}.objects"),
                 f"{prefix}.threshold": np.array([self.threshold], np.float64)}
 
     @classmethod
     def from_arrays(cls, prefix: str, arrays: dict) -> "SecondOpinion":
-        from artseg_core.io.modelfile import arrays_to_state_dict
-        from artseg_core.nets.pixelmlp import PixelMLP
-
-        def mlp(name):
-            sd = arrays_to_state_dict(name, arrays)
-            first = sd["body.0.weight"]  # (hidden, features): the sizes are those of the stored weights
-            net = PixelMLP(first.shape[1], first.shape[0])
-            net.load_state_dict(sd)
-            return net.eval()
-
-        pixel = PixelEvidence(mlp(f"{prefix}.pixel.net"), np.asarray(arrays[f"{prefix}.pixel.mean"]),
-                              np.asarray(arrays[f"{prefix}.pixel.std"]))
-        objects = ObjectEvidence(mlp(f"{prefix}.objects.net"), np.asarray(arrays[f"{prefix}.objects.mean"]),
-                                 np.asarray(arrays[f"{prefix}.objects.std"]))
-        return cls(pixel, objects, float(np.asarray(arrays[f"{prefix}.threshold"]).reshape(-1)[0]))
+        return cls(PixelEvidence.from_arrays(f"{prefix}.pixel", arrays),
+                   ObjectEvidence.from_arrays(f"{prefix}.objects", arrays),
+                   float(np.asarray(arrays[f"{prefix}.threshold"]).reshape(-1)[0]))
 
 
 @dataclass

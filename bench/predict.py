@@ -110,15 +110,14 @@ def _read_plate(work: Path, mode: str) -> tuple[list, list[bool], dict]:
 
 
 def _rates(configs: list[tuple], images: list, repeats: int) -> list[dict]:
-    """images/s of ``model.predict(image, gate=gate[, second_opinion=so])`` over ``images`` for each ``(model, gate)``
-    or ``(model, gate, so)``.
+    """images/s of ``model.predict(image, gate=gate, second_opinion=so)`` over ``images`` for each
+    ``(model, gate, so)`` (``so`` None: the model's own setting).
 
     Every image is predicted with each configuration in turn (the order alternating), ``repeats``
     times, after one warm-up call each; so a change of the machine's load hits all of them alike. The
     rate is ``n_images / sum over images of the fastest of the repeats`` (robust to load spikes); the
     median-based rate is reported too.
     """
-    configs = [(c[0], c[1], c[2] if len(c) > 2 else None) for c in configs]
     for model, g, so in configs:
         model.predict(images[0], gate=g, second_opinion=so)  # warm-up (allocator, oneDNN primitives)
     times = np.zeros((len(configs), max(1, repeats), len(images)))
@@ -236,7 +235,7 @@ def run(quick: bool = False, size: int | None = None, bigimage: bool = True, pap
         images, truth, plate_info = _read_plate(work, mode)
 
         log("gated vs ungated ...")
-        configs = [(model, True), (model, False)]
+        configs = [(model, True, None), (model, False, None)]
         if model.second_opinion is not None:  # the evidence route's opt-in second opinion, in the same run
             configs.append((model, True, True))
         gated, ungated, *second = _rates(configs, images, repeats)
@@ -256,7 +255,7 @@ def run(quick: bool = False, size: int | None = None, bigimage: bool = True, pap
         # untrained U-Net's noise would otherwise make thousands of objects and time the clean-up)
         models = [ArtifactModel(p, *ArtifactModel.build_networks(p), thresholds={"unet": 2.0}, device="cpu")
                   for p in profs]
-        rates = _rates([(m, False) for m in models], images[:n_paper], 3)
+        rates = _rates([(m, False, None) for m in models], images[:n_paper], 3)
         nets = {name: {"profile": _profile_summary(p), **r} for name, p, r in zip(names, profs, rates)}
         for name in names:
             log(f"  {name}: {nets[name]['images_per_s']} img/s")

@@ -20,7 +20,7 @@ import logging
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -206,7 +206,10 @@ def _reuse_classifier(cls, path, normalization: str) -> dict:
 
 def _pseudo_mask_step(prof, cls, x_all, f: _Fields, dev, work, keep, progress, seed=0):
     """Step 2: Score-CAM saliency of every artifact image (optionally edge-refined), binarised at a threshold
-    chosen on validation hand masks (or the profile's default) -> pseudo-masks, written to the work folder."""
+    chosen on validation hand masks (or the profile's default) -> pseudo-masks, written to the work folder.
+
+    Returns ``(pseudo-masks, summary, U-Net targets, threshold, second opinion)``; the second opinion
+    (:class:`~artseg_core.weak.evidence.SecondOpinion`) comes from the evidence route only, else None."""
     from artseg_core.weak.logitmap import LOGIT_THRESHOLD, logit_saliency
     from artseg_core.weak.refine import binarize, default_threshold, edge_map, refine_saliency, select_threshold
     from artseg_core.weak.scorecam import score_cam
@@ -250,7 +253,7 @@ def _pseudo_mask_step(prof, cls, x_all, f: _Fields, dev, work, keep, progress, s
             "mean_pseudo_mask_fraction": float(np.mean([m.mean() for m in pseudo.values()]))}
     if prof.cam_source != "scorecam" or prof.pseudo_ignore > 0:
         info.update(source=prof.cam_source, classifier_pool=prof.cls_pool, ignore_band=prof.pseudo_ignore)
-    return pseudo, info, saliency, cam_thr
+    return pseudo, info, saliency, cam_thr, None
 
 
 def _write_pseudo_masks(work, f: _Fields, pseudo: dict) -> None:
@@ -260,11 +263,6 @@ def _write_pseudo_masks(work, f: _Fields, pseudo: dict) -> None:
     (work / "pseudo_masks").mkdir(exist_ok=True)
     for i, m in pseudo.items():
         write_tiff(work / "pseudo_masks" / f"{f.samples[i].path.stem}.tif", (m * 255).astype(np.uint8))
-
-
-#: the evidence step hands its :class:`~artseg_core.weak.evidence.SecondOpinion` to :func:`train` under this key of
-#: its summary (taken out before the summary is written)
-SECOND_OPINION_KEY = "_second_opinion"
 
 
 def _evidence_step(prof, f: _Fields, seed, work, keep, progress):
@@ -370,11 +368,10 @@ def _evidence_step(prof, f: _Fields, seed, work, keep, progress):
             "second_opinion_threshold": round(opinion.threshold, 4) if opinion else None,
             "second_opinion_threshold_source": f"highest object score of {len(ref)} clean "
                                                f"{'validation' if clean_val else 'training'} fields",
-            SECOND_OPINION_KEY: opinion,
             "mean_pseudo_mask_fraction": float(np.mean([m.mean() for m in pseudo.values()]))}
     log.info("evidence pseudo-masks: map threshold %.3f (%s), object threshold (logit) %.3f, mean fraction %.4f", thr,
              source, obj_thr, info["mean_pseudo_mask_fraction"])
-    return pseudo, info, targets, float(thr)
+    return pseudo, info, targets, float(thr), opinion
 
 
 def _normality_of_clean_fields(prof, f: _Fields, tr, seed, workers):
@@ -725,7 +722,7 @@ def train(images=None, labels=None, *, clean=None, artifact=None, masks=None, pr
         x_all, p_all, cfit, cls_thr, gate = _classifier_step(prof, cls, f, seed, dev, work, progress,
                                                              classifier_from=classifier_from)
         t2 = time.perf_counter()
-        pseudo, cam_info, saliency, cam_thr = _pseudo_mask_step(prof, cls, x_all, f, dev, work, keep, progress,
+        pseudo, cam_info, saliency, cam_thr, opinion = _pseudo_mask_step(prof, cls, x_all, f, dev, work, keep, progress,
                                                                  seed=seed)
         t3 = time.perf_counter()
         pre = _pretrain_step(prof, unet, unlabelled, pretrained, f, seed, dev, work, plane, progress)
@@ -733,11 +730,10 @@ def train(images=None, labels=None, *, clean=None, artifact=None, masks=None, pr
         ufit = _unet_step(prof, unet, f, saliency, cam_thr, use_masks_for_training, seed, dev, work, progress,
                           pretrained=pre is not None)
         t4 = time.perf_counter()
-        opinion = cam_info.pop(SECOND_OPINION_KEY, None)
         if opinion is None and prof.second_opinion:
             log.warning("no second opinion could be fitted (no candidate objects in clean or in artifact fields); "
                         "the model predicts without one")
-            prof = replace(prof, second_opinion=False)
+            prof = prof.with_overrides(second_opinion=False)
         model = ArtifactModel(prof, cls, unet, thresholds={"classifier": cls_thr, "gate": gate}, device=dev,
                               second_opinion=opinion,
                               pixel_size=pixel_size if pixel_size is not None

@@ -187,18 +187,13 @@ def object_features(features: np.ndarray, evidence: np.ndarray, labels: np.ndarr
     lab = labels.ravel()[at]
     area = np.bincount(lab, minlength=n + 1)[1:].astype(np.float64)
 
-    def mean(values):
-        return np.bincount(lab, weights=np.asarray(values, np.float64).ravel()[at], minlength=n + 1)[1:] / area
+    def obj_mean(v):  # per object, of values given at the objects' pixels (``at``)
+        return np.bincount(lab, weights=np.asarray(v, np.float64), minlength=n + 1)[1:] / area
 
-    means = np.stack([mean(features[k]) for k in range(features.shape[0])], 1)
-    ev_mean, ev_max = mean(evidence), ndi.maximum(evidence, labels, idx)
+    means = np.stack([obj_mean(features[k].ravel()[at]) for k in range(features.shape[0])], 1)
+    ev_mean, ev_max = obj_mean(evidence.ravel()[at]), ndi.maximum(evidence, labels, idx)
     z_max = ndi.maximum(deviation_z(features), labels, idx)
-    yy, xx = np.divmod(at, labels.shape[1])
-    yy, xx = yy.astype(np.float64), xx.astype(np.float64)
-
-    def obj_mean(v):  # v given at the objects' pixels already
-        return np.bincount(lab, weights=v, minlength=n + 1)[1:] / area
-
+    yy, xx = (v.astype(np.float64) for v in np.divmod(at, labels.shape[1]))
     my, mx = obj_mean(yy), obj_mean(xx)
     vyy = obj_mean(yy * yy) - my ** 2
     vxx = obj_mean(xx * xx) - mx ** 2
